@@ -1,0 +1,133 @@
+"""All configuration, read from ``INFERQ_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_WEBHOOK_SECRET = "inferq-dev-secret"  # noqa: S105 - refused outside development
+VAR_DIR = Path(os.environ.get("INFERQ_VAR_DIR", "var"))
+
+
+class Settings(BaseSettings):
+    """inferq's settings. Every field maps to ``INFERQ_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERQ_", extra="ignore")
+
+    env: str = "development"
+    """``development`` allows built-in default secrets; anything else refuses them."""
+
+    database_url: str = f"sqlite:///{VAR_DIR / 'inferq.db'}"
+    """SQLAlchemy URL of the results store. Postgres in production; a SQLite file by default."""
+
+    broker_url: str = f"filesystem://{VAR_DIR / 'broker'}"
+    """Celery broker: ``redis://``, ``amqp://`` or (default, no server) ``filesystem://<dir>``."""
+
+    webhook_secret: str = DEV_WEBHOOK_SECRET
+    """HMAC-SHA256 key that signs outgoing webhooks (``X-Inferq-Signature``)."""
+
+    models_dir: Path = VAR_DIR / "models"
+    """Where ``inferq models build`` writes models and where workers load them from."""
+
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    """JSON object ``{"<api key>": "<tenant>"}``. Empty: auth off, everything is tenant ``default``."""
+
+    max_body_bytes: int = 1_000_000
+    """Largest JSON body ``/v1`` accepts (413 above)."""
+
+    max_text_chars: int = 10_000
+    """Longest text input accepted by text models (422 above)."""
+
+    max_inputs_per_request: int = 256
+    """Most ``inputs`` in one ``POST /v1/predictions``."""
+
+    lease_seconds: float = 60.0
+    """How long a worker owns a running request before the sweeper hands it to another."""
+
+    requeue_after_seconds: float = 120.0
+    """A request still queued this long after its publish is published again by the sweeper."""
+
+    sweep_interval_seconds: float = 10.0
+    """How often beat runs the sweeper."""
+
+    webhook_timeout_seconds: float = 5.0
+    """Timeout of one webhook delivery attempt."""
+
+    webhook_max_attempts: int = 8
+    """Attempts before a webhook delivery is given up (backoff doubles from 1 s, capped at 5 min)."""
+
+    webhook_backoff_base_seconds: float = 1.0
+    """First retry delay; each further one doubles."""
+
+    intra_op_threads: int = 1
+    """ONNX Runtime intra-op threads per session. One per core-sized worker process."""
+
+    runner_threads: int = 0
+    """Threads running model batches per worker process (0: number of cores)."""
+
+    providers: list[str] = Field(default_factory=list)
+    """ONNX Runtime providers in order; empty: CUDA when available, else CPU."""
+
+    worker_concurrency: int = 32
+    """Celery thread-pool size per worker process: messages in flight that feed the batcher."""
+
+    submit_flush_ms: float = 2.0
+    """The API gathers concurrent submissions for at most this long into one insert + publish."""
+
+    log_level: str = "INFO"
+    """Log level of API, workers and CLI (logs are JSON lines)."""
+
+    log_json: bool = True
+    """JSON log lines (set false for human-readable console logs)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_db_url(cls, v: str) -> str:
+        """Accept ``postgres://`` and plain ``postgresql://``; use psycopg 3."""
+        if v.startswith("postgres://"):
+            v = "postgresql://" + v[len("postgres://") :]
+        if v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v[len("postgresql://") :]
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _normalise_broker_url(cls, v: str) -> str:
+        """``rabbitmq://`` is an alias of ``amqp://``."""
+        if v.startswith("rabbitmq://"):
+            v = "amqp://" + v[len("rabbitmq://") :]
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_dev_secret(self) -> Settings:
+        if self.env != "development" and self.webhook_secret == DEV_WEBHOOK_SECRET:
+            raise ValueError("INFERQ_WEBHOOK_SECRET must be set outside development")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_runner_threads(self) -> int:
+        return self.runner_threads or (os.cpu_count() or 1)
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with explicit overrides (tests pass their URLs)."""
+    return Settings(**overrides)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
