@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_WEBHOOK_SECRET = "inferq-dev-secret"  # noqa: S105 - refused outside development
+DEV_WEBHOOK_SECRET = "inferq-dev-secret"
 VAR_DIR = Path(os.environ.get("INFERQ_VAR_DIR", "var"))
 
 
@@ -27,6 +27,9 @@ class Settings(BaseSettings):
 
     broker_url: str = f"filesystem://{VAR_DIR / 'broker'}"
     """Celery broker: ``redis://``, ``amqp://`` or (default, no server) ``filesystem://<dir>``."""
+
+    queue_prefix: str = "inferq"
+    """Queue names are ``<prefix>.<model>``, ``<prefix>.maintenance``; change it to share a broker."""
 
     webhook_secret: str = DEV_WEBHOOK_SECRET
     """HMAC-SHA256 key that signs outgoing webhooks (``X-Inferq-Signature``)."""

@@ -1,0 +1,1 @@
+"""The FastAPI adapter: routes, schemas, auth and hooks over ``app``."""

@@ -1,0 +1,62 @@
+"""Named dependencies: what every route gets from the app's state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.errors import Unauthorized
+from app.notify import CompletionHub
+from app.registry import Registry
+from app.service import Publisher
+from app.settings import Settings
+
+DEFAULT_TENANT = "default"
+
+
+@dataclass
+class Runtime:
+    """Built once per API process in the lifespan."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    registry: Registry
+    publisher: Publisher
+    hub: CompletionHub
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_settings_dep(rt: RuntimeDep) -> Settings:
+    return rt.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_tenant(request: Request, rt: RuntimeDep) -> str:
+    """The caller's tenant from ``Authorization: Bearer <key>``; ``default`` when auth is off."""
+    keys = rt.settings.api_keys
+    if not keys:
+        return DEFAULT_TENANT
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    tenant = keys.get(token.strip())
+    if tenant is None:
+        raise Unauthorized("unknown API key")
+    return tenant
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,0 +1,145 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import errors
+from api.deps import Runtime
+from api.metrics import HTTP_LATENCY
+from api.responses import JSON
+from api.routes import health, models, predictions
+from app import __version__
+from app.db.engine import make_engine, make_sessionmaker
+from app.logs import configure_logging
+from app.notify import CompletionHub
+from app.registry import Registry
+from app.settings import Settings, get_settings
+
+# Routers added by other features (jobs, schedules, hooks) register themselves here.
+EXTRA_ROUTERS: list[Any] = []
+
+
+class BodyLimit:
+    """Answer 413 to a body over ``limit`` bytes, by Content-Length or while it streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._too_large(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        resp = errors.error_body(
+            "payload_too_large", f"the request body is over the limit of {self.limit} bytes", 413
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(resp.body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": resp.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, *, publisher: Any = None) -> FastAPI:
+    """Build the API. ``publisher`` defaults to Celery on ``settings.broker_url``."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, json=settings.log_json)
+        engine = make_engine(settings, pool_size=20)
+        pub = publisher
+        if pub is None:
+            from workers.celery_app import create_celery
+            from workers.context import CeleryPublisher
+
+            pub = CeleryPublisher(create_celery(settings), settings)
+        hub = CompletionHub(settings.database_url)
+        hub.start()
+        rt = Runtime(
+            settings, engine, make_sessionmaker(engine), Registry(settings.models_dir), pub, hub
+        )
+        app.state.runtime = rt
+        for startup in STARTUP_HOOKS:
+            await startup(app, rt)
+        try:
+            yield
+        finally:
+            for shutdown in SHUTDOWN_HOOKS:
+                await shutdown(app, rt)
+            hub.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="inferq",
+        version=__version__,
+        description="Queue-driven inference: submit, poll or get a signed webhook.",
+        lifespan=lifespan,
+        default_response_class=JSON,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(predictions.router)
+    for router in EXTRA_ROUTERS:
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def timing(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        HTTP_LATENCY.labels(
+            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+        ).observe(time.perf_counter() - start)
+        return response
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+Hook = Callable[[FastAPI, Runtime], Awaitable[None]]
+STARTUP_HOOKS: list[Hook] = []
+SHUTDOWN_HOOKS: list[Hook] = []

@@ -1,0 +1,161 @@
+"""``/v1/predictions``: submit, poll (long-poll), cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Runtime, RuntimeDep, TenantDep
+from api.metrics import SUBMITTED
+from api.responses import JSON
+from api.schemas import PredictionCreate
+from app import service
+from app.db import predictions as crud
+from app.db.engine import session_scope
+from app.db.models import Prediction, Status
+from app.errors import InvalidInput, NotFound
+from app.views import iso, prediction_public
+
+router = APIRouter(prefix="/v1", tags=["predictions"])
+
+MAX_WAIT_S = 30.0
+
+
+async def parse_body(request: Request, schema: type[PredictionCreate]) -> PredictionCreate:
+    """Read and validate a JSON body; every way it can be wrong is a 422 ``invalid_input``."""
+    raw = await request.body()
+    if not raw:
+        raise InvalidInput("the request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        raise InvalidInput(f"{where}: {err['msg']}") from exc
+
+
+@router.post("/predictions", status_code=202)
+async def create_prediction(
+    request: Request,
+    rt: RuntimeDep,
+    tenant: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSON:
+    """Queue one input (``input``) or several (``inputs``) for a model."""
+    body = await parse_body(request, PredictionCreate)
+    many = body.inputs is not None
+    sub = service.Submission(
+        tenant=tenant,
+        model=body.model,
+        model_version=body.model_version,
+        inputs=list(body.inputs) if body.inputs is not None else [body.input],
+        many=many,
+        callback_url=body.callback_url,
+        priority=body.priority,
+        deadline_s=body.deadline_s,
+        metadata=body.metadata,
+        idempotency_key=idempotency_key,
+    )
+    service.prepare(sub, registry=rt.registry, settings=rt.settings, now=service.now())
+    replay = await submit(rt, sub)
+    rows: list[dict[str, Any]]
+    if replay is not None:
+        rows = [
+            {"id": p.id, "status": p.status, "model": p.model, "created_at": iso(p.created_at)}
+            for p in replay
+        ]
+    else:
+        SUBMITTED.labels(model=sub.model).inc(len(sub.rows))
+        rows = [
+            {
+                "id": r["id"],
+                "status": "queued",
+                "model": r["model"],
+                "created_at": iso(r["created_at"]),
+            }
+            for r in sub.rows
+        ]
+    if many:
+        return JSON({"predictions": rows}, status_code=202)
+    return JSON(rows[0], status_code=202, headers={"Location": f"/v1/predictions/{rows[0]['id']}"})
+
+
+async def submit(rt: Runtime, sub: service.Submission) -> list[Prediction] | None:
+    coalescer = getattr(rt, "coalescer", None)
+    if coalescer is not None:
+        return await coalescer.submit(sub)  # type: ignore[no-any-return]
+    (replay,) = await run_in_threadpool(
+        service.store_and_publish, [sub], sessions=rt.sessions, publisher=rt.publisher
+    )
+    return replay
+
+
+def _load(rt: Runtime, tenant: str, pid: str) -> Prediction:
+    with session_scope(rt.sessions) as s:
+        p = crud.get_prediction(session=s, tenant=tenant, prediction_id=pid)
+    if p is None:
+        raise NotFound(f"prediction {pid} not found")
+    return p
+
+
+@router.get("/predictions/{prediction_id}")
+async def get_prediction(
+    prediction_id: str,
+    rt: RuntimeDep,
+    tenant: TenantDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
+) -> JSON:
+    """A prediction's state and result; ``?wait=<s>`` holds the answer until it is final."""
+    p = await run_in_threadpool(_load, rt, tenant, prediction_id)
+    if wait > 0 and not Status(p.status).is_final:
+        p = await _wait_final(rt, tenant, p, wait)
+    return JSON(prediction_public(p))
+
+
+async def _wait_final(rt: Runtime, tenant: str, p: Prediction, wait: float) -> Prediction:
+    """Wait for a NOTIFY naming ``p`` (or poll, without Postgres), at most ``wait`` seconds."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+
+    def wake(_: str) -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    rt.hub.subscribe(p.id, wake)
+    try:
+        p = await run_in_threadpool(_load, rt, tenant, p.id)  # it may have ended meanwhile
+        end = loop.time() + wait
+        interval = 1.0 if rt.hub.enabled else 0.05
+        while not Status(p.status).is_final:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(interval, remaining))
+            except TimeoutError:
+                if not rt.hub.enabled:
+                    interval = min(interval * 1.5, 0.5)
+            event.clear()
+            p = await run_in_threadpool(_load, rt, tenant, p.id)
+    finally:
+        rt.hub.unsubscribe(p.id, wake)
+    return p
+
+
+@router.delete("/predictions/{prediction_id}")
+async def cancel_prediction(prediction_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
+    """Cancel a prediction that has not started (409 once it has)."""
+    p = await run_in_threadpool(
+        lambda: service.cancel(sessions=rt.sessions, tenant=tenant, prediction_id=prediction_id)
+    )
+    return JSON(prediction_public(p))

@@ -1,0 +1,228 @@
+"""The ``inferq`` command line.
+
+``app`` knows nothing of HTTP or Celery, so the commands that start the API, a worker or beat
+run them as programs (uvicorn, celery) rather than importing them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import VAR_DIR, get_settings
+
+cli = typer.Typer(help="inferq: queue-driven inference workers.", no_args_is_help=True)
+models_cli = typer.Typer(help="Build and list models.", no_args_is_help=True)
+cli.add_typer(models_cli, name="models")
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (next to the running python)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+@models_cli.command("build")
+def models_build(
+    quantize: Annotated[
+        bool, typer.Option(help="Also build the int8 variant of minilm-embed.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a verified build exists.")] = False,
+    models_dir: Annotated[Path | None, typer.Option(help="Default: INFERQ_MODELS_DIR.")] = None,
+) -> None:
+    """Build the demo models from what installed packages ship (needs the [models] extra)."""
+    from app.modelbuild import build_all
+
+    target = models_dir or get_settings().models_dir
+    for m in build_all(Path(target), quantize=quantize, force=force, progress=typer.echo):
+        typer.echo(f"{m.name}:{m.version}  sha256={m.sha256[:12]}  kind={m.kind}")
+
+
+@models_cli.command("list")
+def models_list() -> None:
+    """The registered models and their versions."""
+    from app.registry import Registry
+
+    reg = Registry(get_settings().models_dir)
+    for name in reg.names():
+        for e in reg.versions(name):
+            m = e.manifest
+            typer.echo(
+                f"{m.name}\t{m.version}\t{m.kind}\t{m.sha256[:12]}\tbatch={m.batching.max_batch_size}"
+                f"\tdelay={m.batching.max_delay_ms}ms"
+            )
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema up to date (Alembic)."""
+    from app.db.engine import migrate as run_migrations
+
+    run_migrations(get_settings().database_url)
+    typer.echo("database is up to date")
+
+
+def _ensure_models() -> None:
+    from app.registry import Registry
+
+    reg = Registry(get_settings().models_dir)
+    if not reg.names():
+        typer.echo("no models yet: building the demo models …")
+        models_build(quantize=False, force=False, models_dir=None)
+
+
+@cli.command()
+def release() -> None:
+    """What a release runs once: migrations, then the demo models if there are none."""
+    migrate()
+    _ensure_models()
+
+
+def worker_argv(concurrency: int | None = None, queues: list[str] | None = None) -> list[str]:
+    from app.registry import Registry
+
+    s = get_settings()
+    if not queues:
+        queues = [f"{s.queue_prefix}.{n}" for n in Registry(s.models_dir).names()]
+        queues += [f"{s.queue_prefix}.maintenance", f"{s.queue_prefix}.default"]
+    return [
+        _bin("celery"),
+        "-A",
+        "workers.celery_app:celery_app",
+        "worker",
+        "--pool",
+        "threads",
+        "-c",
+        str(concurrency or s.worker_concurrency),
+        "-Q",
+        ",".join(queues),
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"inferq-{os.getpid()}@%h",
+        "--loglevel",
+        s.log_level,
+    ]
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option("-c", help="Messages in flight.")] = None,
+    queue: Annotated[
+        list[str] | None, typer.Option("-Q", help="Queues (default: every model).")
+    ] = None,
+) -> None:
+    """Run a Celery worker on every model's queue."""
+    argv = worker_argv(concurrency, queue)
+    os.execv(argv[0], argv)
+
+
+def beat_argv() -> list[str]:
+    s = get_settings()
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    return [
+        _bin("celery"),
+        "-A",
+        "workers.celery_app:celery_app",
+        "beat",
+        "-s",
+        str(VAR_DIR / "celerybeat-schedule"),
+        "--loglevel",
+        s.log_level,
+    ]
+
+
+@cli.command()
+def beat() -> None:
+    """Run Celery beat (the sweeper and the schedules)."""
+    argv = beat_argv()
+    os.execv(argv[0], argv)
+
+
+def api_argv(host: str, port: int, workers: int = 1) -> list[str]:
+    return [
+        _bin("uvicorn"),
+        "api.main:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
+
+
+@cli.command()
+def api(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API."""
+    argv = api_argv(host, port, workers)
+    os.execv(argv[0], argv)
+
+
+@cli.command()
+def up(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
+) -> None:
+    """Migrate, build the demo models if missing, and run API, worker and beat together."""
+    release()
+    s = get_settings()
+    procs = {
+        "worker": subprocess.Popen(worker_argv()),
+        "beat": subprocess.Popen(beat_argv()),
+        "api": subprocess.Popen(api_argv(host, port)),
+    }
+    db = s.database_url.split("@")[-1] if "@" in s.database_url else s.database_url
+    typer.echo(
+        f"inferq API listening on http://{host}:{port}  (database: {db}, broker: "
+        f"{s.broker_url.split('@')[-1]}); Ctrl-C stops everything"
+    )
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    typer.echo(f"{name} exited with {p.returncode}; stopping", err=True)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + 15
+        for p in procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

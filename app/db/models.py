@@ -1,0 +1,107 @@
+"""Tables of the core: predictions and webhook deliveries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, JSONType, UTCDateTime, utcnow
+
+
+class Status(StrEnum):
+    """Life of a prediction. ``queued`` and ``running`` are live; the rest are final."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    expired = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (Status.queued, Status.running)
+
+
+FINAL_STATUSES = tuple(s.value for s in Status if s.is_final)
+
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+
+
+class Prediction(Base):
+    """One input for one model, and what became of it."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    model: Mapped[str] = mapped_column(String(100))
+    model_version: Mapped[str] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(16), default=Status.queued.value)
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    input: Mapped[Any] = mapped_column(JSONType)
+    output: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metadata_: Mapped[Any | None] = mapped_column("metadata", JSONType, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    job_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    custom_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    run_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_predictions_tenant_idem"),
+        Index("ix_predictions_live", "status", "published_at"),
+        Index("ix_predictions_job", "job_id", "job_index"),
+    )
+
+
+class WebhookDelivery(Base):
+    """One webhook to send (an outbox row); ``attempts`` records every try."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    subject_type: Mapped[str] = mapped_column(String(16))  # "prediction" | "job"
+    subject_id: Mapped[str] = mapped_column(String(40), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+
+class WebhookAttempt(Base):
+    """One try at delivering a webhook: what we sent and what came back."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,273 @@
+"""Queries on predictions. Every write of a result is idempotent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Prediction, Status
+
+LIVE = (Status.queued.value, Status.running.value)
+
+
+@dataclass(slots=True)
+class ResultRow:
+    """What a worker writes back for one prediction."""
+
+    id: str
+    status: str
+    output: Any | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    batch_size: int | None = None
+    run_ms: float | None = None
+
+
+@dataclass(slots=True)
+class Written:
+    """A prediction whose final state was just written (for webhooks and notifications)."""
+
+    id: str
+    tenant: str
+    callback_url: str | None
+    job_id: str | None
+
+
+def insert_predictions(*, session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many predictions in one statement (multi-row VALUES)."""
+    if rows:
+        session.execute(insert(Prediction), list(rows))
+
+
+def get_prediction(*, session: Session, tenant: str, prediction_id: str) -> Prediction | None:
+    """The tenant's prediction, or None (another tenant's is None too)."""
+    return session.scalars(
+        select(Prediction).where(Prediction.id == prediction_id, Prediction.tenant == tenant)
+    ).first()
+
+
+def get_by_idempotency(*, session: Session, tenant: str, keys: Sequence[str]) -> list[Prediction]:
+    """Predictions stored under these idempotency keys, in the keys' order."""
+    rows = session.scalars(
+        select(Prediction).where(
+            Prediction.tenant == tenant, Prediction.idempotency_key.in_(list(keys))
+        )
+    ).all()
+    by_key = {r.idempotency_key: r for r in rows}
+    return [by_key[k] for k in keys if k in by_key]
+
+
+def statuses(*, session: Session, ids: Sequence[str]) -> dict[str, str]:
+    return dict(
+        session.execute(select(Prediction.id, Prediction.status).where(Prediction.id.in_(ids)))
+        .tuples()
+        .all()
+    )
+
+
+def cancel_prediction(*, session: Session, tenant: str, prediction_id: str) -> bool:
+    """Cancel a queued prediction. True if it was cancelled by this call."""
+    res = session.execute(
+        update(Prediction)
+        .where(
+            Prediction.id == prediction_id,
+            Prediction.tenant == tenant,
+            Prediction.status == Status.queued.value,
+        )
+        .values(status=Status.cancelled.value, completed_at=utcnow())
+        .returning(Prediction.id)
+    )
+    return res.first() is not None
+
+
+def load_runnable(*, session: Session, ids: Sequence[str], now: datetime) -> list[Prediction]:
+    """Those of ``ids`` that may run now: queued, or running under a lease that ran out."""
+    return list(
+        session.scalars(
+            select(Prediction).where(
+                Prediction.id.in_(list(ids)),
+                or_(
+                    Prediction.status == Status.queued.value,
+                    and_(
+                        Prediction.status == Status.running.value,
+                        Prediction.lease_expires_at < now,
+                    ),
+                ),
+            )
+        ).all()
+    )
+
+
+def claim(*, session: Session, ids: Sequence[str], lease: timedelta) -> set[str]:
+    """Mark runnable ``ids`` running under a lease; returns the ids this call now owns."""
+    now = utcnow()
+    res = session.execute(
+        update(Prediction)
+        .where(
+            Prediction.id.in_(list(ids)),
+            or_(
+                Prediction.status == Status.queued.value,
+                and_(
+                    Prediction.status == Status.running.value,
+                    Prediction.lease_expires_at < now,
+                ),
+            ),
+        )
+        .values(
+            status=Status.running.value,
+            started_at=now,
+            lease_expires_at=now + lease,
+            attempts=Prediction.attempts + 1,
+        )
+        .returning(Prediction.id)
+    )
+    return {row[0] for row in res}
+
+
+_PG_WRITE = text(
+    """
+    UPDATE predictions AS p SET
+        status = v.status, output = v.output, error_code = v.error_code,
+        error_message = v.error_message, batch_size = v.batch_size, run_ms = v.run_ms,
+        completed_at = now(), lease_expires_at = NULL
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(
+        id text, status text, output jsonb, error_code text, error_message text,
+        batch_size int, run_ms float8)
+    WHERE p.id = v.id AND p.status IN ('queued', 'running')
+    RETURNING p.id, p.tenant, p.callback_url, p.job_id
+    """
+)
+
+
+def write_results(*, session: Session, results: Sequence[ResultRow]) -> list[Written]:
+    """Store final states in one statement. Rows already final are left as they are.
+
+    Returns the predictions this call finished (a second write of the same result returns none).
+    """
+    if not results:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        payload = orjson.dumps(
+            [
+                {
+                    "id": r.id,
+                    "status": r.status,
+                    "output": r.output,
+                    "error_code": r.error_code,
+                    "error_message": r.error_message,
+                    "batch_size": r.batch_size,
+                    "run_ms": r.run_ms,
+                }
+                for r in results
+            ],
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        ).decode()
+        rows = session.execute(_PG_WRITE, {"rows": payload}).all()
+        return [Written(r[0], r[1], r[2], r[3]) for r in rows]
+    return _write_results_generic(session, results)
+
+
+def _write_results_generic(session: Session, results: Sequence[ResultRow]) -> list[Written]:
+    ids = [r.id for r in results]
+    live = session.execute(
+        select(Prediction.id, Prediction.tenant, Prediction.callback_url, Prediction.job_id).where(
+            Prediction.id.in_(ids), Prediction.status.in_(LIVE)
+        )
+    ).all()
+    live_ids = {r[0] for r in live}
+    now = utcnow()
+    stmt = (
+        update(Prediction.__table__)  # type: ignore[arg-type]
+        .where(Prediction.__table__.c.id == bindparam("b_id"))
+        .where(Prediction.__table__.c.status.in_(LIVE))
+        .values(
+            status=bindparam("b_status"),
+            output=bindparam("b_output"),
+            error_code=bindparam("b_error_code"),
+            error_message=bindparam("b_error_message"),
+            batch_size=bindparam("b_batch_size"),
+            run_ms=bindparam("b_run_ms"),
+            completed_at=now,
+            lease_expires_at=None,
+        )
+    )
+    params = [
+        {
+            "b_id": r.id,
+            "b_status": r.status,
+            "b_output": orjson.loads(orjson.dumps(r.output, option=orjson.OPT_SERIALIZE_NUMPY))
+            if r.output is not None
+            else None,
+            "b_error_code": r.error_code,
+            "b_error_message": r.error_message,
+            "b_batch_size": r.batch_size,
+            "b_run_ms": r.run_ms,
+        }
+        for r in results
+        if r.id in live_ids
+    ]
+    if params:
+        session.connection().execute(stmt, params)
+    return [Written(r[0], r[1], r[2], r[3]) for r in live]
+
+
+def notify_done(*, session: Session, ids: Sequence[str]) -> None:
+    """Wake long-polls waiting on ``ids`` (Postgres NOTIFY, sent at commit)."""
+    if not ids or session.get_bind().dialect.name != "postgresql":
+        return
+    for start in range(0, len(ids), 150):  # NOTIFY payloads are capped at 8,000 bytes
+        session.execute(
+            text("SELECT pg_notify('inferq_done', :p)"), {"p": ",".join(ids[start : start + 150])}
+        )
+
+
+def stale(
+    *, session: Session, now: datetime, requeue_before: datetime, limit: int = 5000
+) -> list[tuple[str, str, int]]:
+    """Live predictions that need publishing again: (id, model, priority).
+
+    Queued ones whose publish failed or is older than ``requeue_before``, and running ones
+    whose lease ran out.
+    """
+    rows = session.execute(
+        select(Prediction.id, Prediction.model, Prediction.priority)
+        .where(
+            or_(
+                and_(
+                    Prediction.status == Status.queued.value,
+                    or_(
+                        Prediction.published_at.is_(None),
+                        Prediction.published_at < requeue_before,
+                    ),
+                ),
+                and_(
+                    Prediction.status == Status.running.value,
+                    Prediction.lease_expires_at < now,
+                ),
+            )
+        )
+        .limit(limit)
+    ).tuples()
+    return list(rows)
+
+
+def mark_published(*, session: Session, ids: Sequence[str], when: datetime | None) -> None:
+    if ids:
+        session.execute(
+            update(Prediction).where(Prediction.id.in_(list(ids))).values(published_at=when)
+        )
+
+
+def count_by_status(*, session: Session) -> dict[str, int]:
+    return dict(
+        session.execute(select(Prediction.status, func.count()).group_by(Prediction.status))
+        .tuples()
+        .all()
+    )

@@ -1,0 +1,77 @@
+"""Wake long-polls when predictions finish: Postgres LISTEN/NOTIFY, polling elsewhere.
+
+Workers ``NOTIFY inferq_done, '<id>,<id>,…'`` in the transaction that stores results; one
+listener connection per API process fans the ids out to whoever waits on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[str], None]
+
+
+class CompletionHub:
+    """Calls the callbacks registered for an id when a NOTIFY names it."""
+
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url.replace("postgresql+psycopg://", "postgresql://")
+        self.enabled = self.url.startswith("postgresql://")
+        self._subs: dict[str, set[Callback]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="notify-listener", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+
+    def subscribe(self, pid: str, callback: Callback) -> None:
+        with self._lock:
+            self._subs.setdefault(pid, set()).add(callback)
+
+    def unsubscribe(self, pid: str, callback: Callback) -> None:
+        with self._lock:
+            subs = self._subs.get(pid)
+            if subs is not None:
+                subs.discard(callback)
+                if not subs:
+                    del self._subs[pid]
+
+    def _fire(self, payload: str) -> None:
+        for pid in payload.split(","):
+            with self._lock:
+                callbacks = list(self._subs.get(pid, ()))
+            for cb in callbacks:
+                cb(pid)
+
+    def _run(self) -> None:
+        import psycopg
+
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute("LISTEN inferq_done")
+                    self.connected.set()
+                    delay = 0.5
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._fire(note.payload)
+            except Exception as exc:
+                self.connected.clear()
+                log.warning("notify listener reconnecting", extra={"error": str(exc)[:200]})
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)

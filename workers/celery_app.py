@@ -1,0 +1,75 @@
+"""The Celery application, built from inferq's settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from app.settings import Settings, get_settings
+
+
+def queue_name(settings: Settings, model: str) -> str:
+    return f"{settings.queue_prefix}.{model}"
+
+
+def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL Celery gets and its transport options.
+
+    ``filesystem://<dir>`` (the embedded default) becomes kombu's filesystem transport with
+    its folders under ``<dir>``. Redis keeps its ``visibility_timeout`` of an hour: a message held
+    by a killed worker comes back late, which is why Postgres leases and the sweeper exist.
+    """
+    url = settings.broker_url
+    if url.startswith("filesystem://"):
+        from pathlib import Path
+
+        root = Path(url[len("filesystem://") :] or "var/broker")
+        for sub in ("queue", "processed", "control"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        return "filesystem://", {
+            "data_folder_in": str(root / "queue"),
+            "data_folder_out": str(root / "queue"),
+            "processed_folder": str(root / "processed"),
+            "store_processed": False,
+            "control_folder": str(root / "control"),
+        }
+    if url.startswith(("redis://", "rediss://")):
+        return url, {"visibility_timeout": 3600, "socket_timeout": 5, "socket_connect_timeout": 3}
+    return url, {}
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    broker, transport_options = broker_options(settings)
+    app = Celery("inferq", broker=broker, include=["workers.tasks"])
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_default_queue=f"{settings.queue_prefix}.default",
+        task_publish_retry=False,
+        worker_prefetch_multiplier=4,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=not broker.startswith("filesystem"),
+        beat_schedule={
+            "inferq-sweep": {
+                "task": "inferq.sweep",
+                "schedule": settings.sweep_interval_seconds,
+                "options": {"queue": f"{settings.queue_prefix}.maintenance", "expires": 60},
+            }
+        },
+    )
+    app.conf.inferq_settings = settings
+    return app
+
+
+celery_app = create_celery()

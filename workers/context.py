@@ -1,0 +1,96 @@
+"""What a worker process builds once at start-up and every task shares."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.engine import make_engine, make_sessionmaker
+from app.executor import ExecutorPool, WriteHook
+from app.registry import Registry
+from app.settings import Settings
+from app.webhooks import WebhookDispatcher, outbox_hook
+from workers.celery_app import queue_name
+
+log = logging.getLogger(__name__)
+
+# Other features (jobs, integrations) add their write hooks here at import time.
+EXTRA_WRITE_HOOKS: list[WriteHook] = []
+
+
+class CeleryPublisher:
+    """``app.service.Publisher`` on Celery: one ``inferq.predict`` message per call."""
+
+    def __init__(self, celery: Celery, settings: Settings) -> None:
+        self.celery = celery
+        self.settings = settings
+
+    def check(self) -> None:
+        """Raise unless the broker answers (used by ``/readyz``)."""
+        with self.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+
+    def publish(self, model: str, ids: Sequence[str], priority: int) -> None:
+        self.celery.send_task(
+            "inferq.predict", args=[model, list(ids)], queue=queue_name(self.settings, model)
+        )
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    registry: Registry
+    dispatcher: WebhookDispatcher
+    executors: ExecutorPool
+    publisher: CeleryPublisher
+
+
+_lock = threading.Lock()
+_context: WorkerContext | None = None
+
+
+def get_context(celery: Celery) -> WorkerContext:
+    """The process's context, built on first use."""
+    global _context
+    with _lock:
+        if _context is None:
+            settings: Settings = celery.conf.inferq_settings
+            engine = make_engine(settings, pool_size=settings.worker_concurrency + 8)
+            sessions = make_sessionmaker(engine)
+            dispatcher = WebhookDispatcher(sessions, settings)
+            executors = ExecutorPool(
+                Registry(settings.models_dir),
+                sessions=sessions,
+                settings=settings,
+                write_hooks=[outbox_hook, *EXTRA_WRITE_HOOKS],
+                after_commit=[dispatcher.after_commit],
+            )
+            _context = WorkerContext(
+                settings,
+                engine,
+                sessions,
+                executors.registry,
+                dispatcher,
+                executors,
+                CeleryPublisher(celery, settings),
+            )
+            log.info("worker context ready", extra={"models": executors.registry.names()})
+        return _context
+
+
+def close_context() -> None:
+    global _context
+    with _lock:
+        if _context is not None:
+            _context.executors.stop()
+            _context.dispatcher.close()
+            _context.engine.dispose()
+            _context = None

@@ -1,0 +1,72 @@
+"""Celery tasks: thin adapters over ``app``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from sqlalchemy.exc import OperationalError
+
+from app.db import predictions as crud
+from app.db.engine import session_scope
+from app.errors import ModelNotReady, UnknownModel
+from app.sweeper import sweep_predictions
+from workers.celery_app import celery_app
+from workers.context import close_context, get_context
+
+log = logging.getLogger(__name__)
+
+
+@celery_app.task(name="inferq.predict", bind=True, acks_late=True, max_retries=None)
+def predict(self: Task, model: str, ids: list[str]) -> dict[str, Any]:
+    """Run the requests ``ids`` of ``model``; acknowledged only once their results are stored."""
+    ctx = get_context(celery_app)
+    try:
+        reports = ctx.executors.run(model, ids)
+    except (UnknownModel, ModelNotReady) as exc:
+        log.error("model not servable here", extra={"model": model, "error": exc.message})
+        rows = [
+            crud.ResultRow(i, "failed", error_code=exc.code, error_message=exc.message) for i in ids
+        ]
+        with session_scope(ctx.sessions) as s:
+            crud.write_results(session=s, results=rows)
+        return {"failed": len(ids)}
+    except OperationalError as exc:  # the database is away: try the message again later
+        log.warning("database unavailable; retrying message", extra={"error": str(exc)[:200]})
+        raise self.retry(exc=exc, countdown=2) from exc
+    statuses: dict[str, int] = {}
+    for r in reports:
+        for k, v in r.statuses.items():
+            statuses[k] = statuses.get(k, 0) + v
+    return statuses
+
+
+@celery_app.task(name="inferq.sweep", ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Beat's sweeper: publish lost work again and send webhooks that are due."""
+    ctx = get_context(celery_app)
+    report = sweep_predictions(
+        sessions=ctx.sessions, publisher=ctx.publisher, settings=ctx.settings
+    )
+    due = ctx.dispatcher.due()
+    ctx.dispatcher.submit(due)
+    return {"republished": report.republished, "webhooks": len(due)}
+
+
+@worker_ready.connect
+def _warm(sender: Any = None, **_: Any) -> None:
+    """Build the context (and every model's session) before the first message arrives."""
+    ctx = get_context(celery_app)
+    for name in ctx.registry.names():
+        try:
+            ctx.executors.get(name)
+        except Exception:
+            log.exception("could not load model", extra={"model": name})
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _close(**_: Any) -> None:
+    close_context()
