@@ -23,8 +23,15 @@ from app.notify import CompletionHub
 from app.registry import Registry
 from app.settings import Settings, get_settings
 
-# Routers added by other features (jobs, schedules, hooks) register themselves here.
-EXTRA_ROUTERS: list[Any] = []
+
+def extra_routers() -> list[Any]:
+    """The ``router`` of every ``api/routes/*.py`` besides the core ones (jobs, hooks, …)."""
+    import importlib
+    from pathlib import Path
+
+    core = {"__init__", "health", "models", "predictions"}
+    names = sorted(p.stem for p in (Path(__file__).parent / "routes").glob("*.py"))
+    return [importlib.import_module(f"api.routes.{n}").router for n in names if n not in core]
 
 
 class BodyLimit:
@@ -121,7 +128,7 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predictions.router)
-    for router in EXTRA_ROUTERS:
+    for router in extra_routers():
         app.include_router(router)
 
     @app.middleware("http")

@@ -39,10 +39,18 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
     return url, {}
 
 
+def task_modules() -> list[str]:
+    """``workers.tasks`` and every ``workers/tasks_*.py`` (jobs, integrations, …)."""
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    return ["workers.tasks", *sorted(f"workers.{p.stem}" for p in here.glob("tasks_*.py"))]
+
+
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     broker, transport_options = broker_options(settings)
-    app = Celery("inferq", broker=broker, include=["workers.tasks"])
+    app = Celery("inferq", broker=broker, include=task_modules())
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

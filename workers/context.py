@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from celery import Celery
@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.engine import make_engine, make_sessionmaker
-from app.executor import ExecutorPool, WriteHook
+from app.executor import AfterCommit, ExecutorPool, WriteHook
 from app.registry import Registry
 from app.settings import Settings
 from app.webhooks import WebhookDispatcher, outbox_hook
@@ -20,8 +20,14 @@ from workers.celery_app import queue_name
 
 log = logging.getLogger(__name__)
 
-# Other features (jobs, integrations) add their write hooks here at import time.
+# Extension points for other features (jobs, integrations), filled at import time of their
+# task modules (``workers/tasks_*.py``), which Celery imports before the context is built.
 EXTRA_WRITE_HOOKS: list[WriteHook] = []
+"""Called inside the transaction that stores a batch's results."""
+EXTRA_AFTER_COMMIT: list[AfterCommit] = []
+"""Called after that transaction commits."""
+EXTRA_SWEEPS: list[Callable[[WorkerContext], object]] = []
+"""Called by the sweeper task (beat, every ``sweep_interval_seconds``)."""
 
 
 class CeleryPublisher:
@@ -71,7 +77,7 @@ def get_context(celery: Celery) -> WorkerContext:
                 sessions=sessions,
                 settings=settings,
                 write_hooks=[outbox_hook, *EXTRA_WRITE_HOOKS],
-                after_commit=[dispatcher.after_commit],
+                after_commit=[dispatcher.after_commit, *EXTRA_AFTER_COMMIT],
             )
             _context = WorkerContext(
                 settings,

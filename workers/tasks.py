@@ -14,7 +14,7 @@ from app.db.engine import session_scope
 from app.errors import ModelNotReady, UnknownModel
 from app.sweeper import sweep_predictions
 from workers.celery_app import celery_app
-from workers.context import close_context, get_context
+from workers.context import EXTRA_SWEEPS, close_context, get_context
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ def sweep() -> dict[str, int]:
     )
     due = ctx.dispatcher.due()
     ctx.dispatcher.submit(due)
+    for extra in EXTRA_SWEEPS:
+        try:
+            extra(ctx)
+        except Exception:
+            log.exception("sweep step failed", extra={"step": getattr(extra, "__name__", "?")})
     return {"republished": report.republished, "webhooks": len(due)}
 
 

@@ -1,0 +1,1 @@
+"""Test helpers: real services, real processes, real HTTP servers on loopback."""
