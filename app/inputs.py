@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import InvalidInput
 from app.registry import Manifest
 
 
@@ -32,8 +32,9 @@ def _validate_text(value: dict[str, Any], *, max_text_chars: int, where: str) ->
     if not text.strip():
         raise InvalidInput(f"{where}.text must not be empty")
     if len(text) > max_text_chars:
-        raise PayloadTooLarge(
-            f"{where}.text has {len(text)} characters; the limit is {max_text_chars}"
+        raise InvalidInput(
+            f"{where}.text has {len(text)} characters; the limit is {max_text_chars}",
+            code="text_too_long",
         )
     return {"text": text}
 

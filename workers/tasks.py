@@ -6,12 +6,13 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_process_shutdown, worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
 from app.db import predictions as crud
 from app.db.engine import session_scope
 from app.errors import ModelNotReady, UnknownModel
+from app.logs import configure_logging
 from app.sweeper import sweep_predictions
 from workers.celery_app import celery_app
 from workers.context import EXTRA_SWEEPS, close_context, get_context
@@ -58,6 +59,13 @@ def sweep() -> dict[str, int]:
         except Exception:
             log.exception("sweep step failed", extra={"step": getattr(extra, "__name__", "?")})
     return {"republished": report.republished, "webhooks": len(due)}
+
+
+@setup_logging.connect
+def _logging(loglevel: Any = None, **_: Any) -> None:
+    """JSON log lines for workers and beat, like the API's."""
+    settings = celery_app.conf.inferq_settings
+    configure_logging(settings.log_level, json=settings.log_json)
 
 
 @worker_ready.connect

@@ -66,9 +66,9 @@ def get_by_idempotency(*, session: Session, tenant: str, keys: Sequence[str]) ->
 
 def statuses(*, session: Session, ids: Sequence[str]) -> dict[str, str]:
     return dict(
-        session.execute(select(Prediction.id, Prediction.status).where(Prediction.id.in_(ids)))
-        .tuples()
-        .all()
+        session.execute(
+            select(Prediction.id, Prediction.status).where(Prediction.id.in_(ids))
+        ).all()
     )
 
 
@@ -254,8 +254,8 @@ def stale(
             )
         )
         .limit(limit)
-    ).tuples()
-    return list(rows)
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def mark_published(*, session: Session, ids: Sequence[str], when: datetime | None) -> None:
@@ -267,7 +267,5 @@ def mark_published(*, session: Session, ids: Sequence[str], when: datetime | Non
 
 def count_by_status(*, session: Session) -> dict[str, int]:
     return dict(
-        session.execute(select(Prediction.status, func.count()).group_by(Prediction.status))
-        .tuples()
-        .all()
+        session.execute(select(Prediction.status, func.count()).group_by(Prediction.status)).all()
     )

@@ -1,0 +1,199 @@
+"""Every bad input gets a clear 4xx body, and nothing else is lost (a real API process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import Prediction
+from tests.conftest import Stack
+
+TEXT = {"model": "minilm-embed", "input": {"text": "my invoice is wrong"}}
+CHURN = {"model": "churn-risk", "input": {"features": [1.0] * 12}}
+
+
+@pytest.fixture
+def api_only(make_stack: Callable[..., Stack], redis_url: str) -> Stack:
+    """An API without workers: requests stay queued, which is what these tests want."""
+    return make_stack(
+        redis_url,
+        workers=0,
+        max_body_bytes=20_000,
+        max_text_chars=2_000,
+        api_keys='{"key-a": "tenant-a", "key-b": "tenant-b"}',
+    )
+
+
+def post(stack: Stack, body: Any, key: str = "key-a", **kw: Any) -> Any:
+    with stack.client(headers={"Authorization": f"Bearer {key}"}) as c:
+        return c.post("/v1/predictions", json=body, **kw)
+
+
+def error(resp: Any, status: int, code: str | None = None) -> str:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"])
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return str(body["error"]["message"])
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "needle"),
+    [
+        ({"model": "nope", "input": {"text": "x"}}, "unknown_model", "unknown model 'nope'"),
+        (
+            {"model": "minilm-embed", "input": {"text": 42}},
+            "invalid_input",
+            "input.text must be a string",
+        ),
+        ({"model": "minilm-embed", "input": {}}, "invalid_input", "input.text is required"),
+        ({"model": "minilm-embed", "input": {"text": "   "}}, "invalid_input", "must not be empty"),
+        (
+            {"model": "minilm-embed", "input": {"text": "a" * 2001}},
+            "text_too_long",
+            "limit is 2000",
+        ),
+        (
+            {"model": "minilm-embed", "input": {"text": "x", "lang": "en"}},
+            "invalid_input",
+            "unknown field",
+        ),
+        (
+            {"model": "minilm-embed", "input": "just a string"},
+            "invalid_input",
+            "must be a JSON object",
+        ),
+        (
+            {"model": "churn-risk", "input": {"features": [1.0] * 11}},
+            "invalid_input",
+            "exactly 12 numbers, got 11",
+        ),
+        (
+            {"model": "churn-risk", "input": {"features": [1.0] * 11 + ["x"]}},
+            "invalid_input",
+            "features[11] must be a number",
+        ),
+        (
+            {"model": "churn-risk", "input": {"features": [True] + [1.0] * 11}},
+            "invalid_input",
+            "features[0] must be a number",
+        ),
+        ({"model": "minilm-embed"}, "invalid_input", "exactly one of 'input' or 'inputs'"),
+        ({**TEXT, "inputs": [{"text": "b"}]}, "invalid_input", "exactly one of"),
+        ({"model": "minilm-embed", "inputs": []}, "invalid_input", "inputs must not be empty"),
+        (
+            {"model": "minilm-embed", "inputs": [{"text": "ok"}, {"text": ""}]},
+            "invalid_input",
+            "inputs[1].text",
+        ),
+        ({**TEXT, "priority": "urgent"}, "invalid_input", "priority"),
+        ({**TEXT, "deadline_s": -1}, "invalid_input", "deadline_s"),
+        ({**TEXT, "callback_url": "ftp://x"}, "invalid_input", "callback_url"),
+        ({**TEXT, "surprise": 1}, "invalid_input", "surprise"),
+    ],
+)
+def test_invalid_input_is_422(api_only: Stack, body: Any, code: str, needle: str) -> None:
+    assert needle in error(post(api_only, body), 422, code)
+
+
+def test_non_finite_numbers_and_broken_json_are_422(api_only: Stack) -> None:
+    with api_only.client(headers={"Authorization": "Bearer key-a"}) as c:
+        for raw in (
+            b'{"model": "churn-risk", "input": {"features": [NaN, 1,1,1,1,1,1,1,1,1,1,1]}}',
+            b'{"model": "churn-risk", "input": {"features": [1e999, 1,1,1,1,1,1,1,1,1,1,1]}}',
+            b'{"model": ',
+            b"",
+            b"[1, 2]",
+        ):
+            resp = c.post(
+                "/v1/predictions", content=raw, headers={"content-type": "application/json"}
+            )
+            error(resp, 422, "invalid_input")
+
+
+def test_body_over_the_limit_is_413(api_only: Stack) -> None:
+    big = {"model": "minilm-embed", "inputs": [{"text": "x" * 1500}] * 20}
+    assert "over the limit" in error(post(api_only, big), 413, "payload_too_large")
+
+
+def test_auth_and_tenancy(api_only: Stack) -> None:
+    with api_only.client() as c:
+        error(c.post("/v1/predictions", json=TEXT), 401, "unauthorized")
+        error(c.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+    created = post(api_only, TEXT)
+    assert created.status_code == 202
+    pid = created.json()["id"]
+    assert created.headers["location"] == f"/v1/predictions/{pid}"
+    with api_only.client(headers={"Authorization": "Bearer key-b"}) as c:
+        error(c.get(f"/v1/predictions/{pid}"), 404, "not_found")
+        error(c.delete(f"/v1/predictions/{pid}"), 404, "not_found")
+    with api_only.client(headers={"Authorization": "Bearer key-a"}) as c:
+        assert c.get(f"/v1/predictions/{pid}").json()["status"] == "queued"
+        error(c.get("/v1/predictions/pred_doesnotexist"), 404, "not_found")
+        error(c.get(f"/v1/predictions/{pid}", params={"wait": 31}), 422, "invalid_input")
+
+
+def test_idempotency_key(api_only: Stack) -> None:
+    first = post(api_only, TEXT, headers={"Idempotency-Key": "abc"})
+    again = post(api_only, TEXT, headers={"Idempotency-Key": "abc"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    other_tenant = post(api_only, TEXT, key="key-b", headers={"Idempotency-Key": "abc"})
+    assert other_tenant.json()["id"] != first.json()["id"]
+    changed = post(
+        api_only, {**TEXT, "input": {"text": "something else"}}, headers={"Idempotency-Key": "abc"}
+    )
+    error(changed, 409, "idempotency_conflict")
+    many = {"model": "churn-risk", "inputs": [{"features": [float(i)] * 12} for i in range(3)]}
+    m1 = post(api_only, many, headers={"Idempotency-Key": "batch-1"}).json()["predictions"]
+    m2 = post(api_only, many, headers={"Idempotency-Key": "batch-1"}).json()["predictions"]
+    assert [p["id"] for p in m1] == [p["id"] for p in m2] and len(m1) == 3
+
+
+def test_cancel(api_only: Stack) -> None:
+    pid = post(api_only, CHURN).json()["id"]
+    with api_only.client(headers={"Authorization": "Bearer key-a"}) as c:
+        resp = c.delete(f"/v1/predictions/{pid}")
+        assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+        error(c.delete(f"/v1/predictions/{pid}"), 409, "not_cancellable")
+        assert c.get(f"/v1/predictions/{pid}").json()["status"] == "cancelled"
+
+
+def test_errors_lose_nothing(api_only: Stack, pg_sessions: sessionmaker[Session]) -> None:
+    """Bad requests store nothing; the good ones around them are all stored."""
+    good = 0
+    for i in range(6):
+        assert (
+            post(api_only, {"model": "churn-risk", "input": {"features": [i] * 12}}).status_code
+            == 202
+        )
+        good += 1
+        post(api_only, {"model": "churn-risk", "input": {"features": [i] * 3}})
+        post(api_only, {"model": "nope", "input": {}})
+    many = post(api_only, {"model": "minilm-embed", "inputs": [{"text": "a"}, {"text": 1}]})
+    assert many.status_code == 422  # all or nothing: the valid first input is not stored either
+    with pg_sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == good
+
+
+def test_models_listing(api_only: Stack) -> None:
+    with api_only.client(headers={"Authorization": "Bearer key-a"}) as c:
+        models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+    assert {"minilm-embed", "ticket-triage", "churn-risk"} <= set(models)
+    for m in models.values():
+        assert {
+            "name",
+            "version",
+            "kind",
+            "input_schema",
+            "output_schema",
+            "max_batch_size",
+            "max_delay_ms",
+            "sha256",
+        } <= set(m)
+    assert models["churn-risk"]["kind"] == "tabular"
