@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
@@ -28,6 +28,10 @@ class Runtime:
     registry: Registry
     publisher: Publisher
     hub: CompletionHub
+    submitter: Any = None
+    """Coalescer of submissions (one INSERT + one publish for many concurrent POSTs)."""
+    loader: Any = None
+    """Coalescer of prediction reads (one SELECT for many concurrent GETs)."""
 
 
 def get_runtime(request: Request) -> Runtime:

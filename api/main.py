@@ -12,11 +12,12 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
+from api.coalesce import Coalescer
 from api.deps import Runtime
 from api.metrics import HTTP_LATENCY
 from api.responses import JSON
 from api.routes import health, models, predictions
-from app import __version__
+from app import __version__, service
 from app.db.engine import make_engine, make_sessionmaker
 from app.logs import configure_logging
 from app.notify import CompletionHub
@@ -106,6 +107,12 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
         rt = Runtime(
             settings, engine, make_sessionmaker(engine), Registry(settings.models_dir), pub, hub
         )
+        rt.submitter = Coalescer(
+            lambda subs: service.store_and_publish(
+                subs, sessions=rt.sessions, publisher=rt.publisher
+            )
+        )
+        rt.loader = Coalescer(lambda ids: predictions.load_many(rt, ids), max_items=500)
         app.state.runtime = rt
         for startup in STARTUP_HOOKS:
             await startup(app, rt)
@@ -115,6 +122,8 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
             for shutdown in SHUTDOWN_HOOKS:
                 await shutdown(app, rt)
             hub.stop()
+            await rt.submitter.close()
+            await rt.loader.close()
             engine.dispose()
 
     app = FastAPI(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -66,7 +66,9 @@ class ModelExecutor:
             max_delay_ms=b.max_delay_ms,
             length_buckets=b.length_buckets,
             sink=self._store,
-            admit=self._claim,
+            writer=ThreadPoolExecutor(
+                settings.writer_threads, thread_name_prefix=f"writer-{adapter.entry.manifest.name}"
+            ),
         )
 
     def start(self, runners: int) -> None:
@@ -74,11 +76,6 @@ class ModelExecutor:
 
     def stop(self) -> None:
         self.batcher.stop()
-
-    def _claim(self, items: list[BatchItem]) -> set[str]:
-        lease = timedelta(seconds=self.settings.lease_seconds)
-        with session_scope(self.sessions) as s:
-            return crud.claim(session=s, ids=[i.key for i in items], lease=lease)
 
     def _store(self, items: list[BatchItem], outcomes: list[Outcome]) -> None:
         rows = [
@@ -105,7 +102,7 @@ class ModelExecutor:
                 log.exception("after-commit hook failed")
 
     def run_rows(self, rows: Sequence[Prediction], *, timeout: float = 600.0) -> MessageReport:
-        """Run ``rows`` (loaded runnable) through the batcher; return once all are stored.
+        """Run ``rows`` (claimed by this worker) through the batcher; return once all are stored.
 
         Raises whatever the store raised (the message is then retried, not acknowledged).
         """
@@ -209,9 +206,11 @@ class ExecutorPool:
             return ex
 
     def run(self, model: str, ids: Sequence[str]) -> list[MessageReport]:
-        """Run a message's ids, grouped by the model version each was accepted for."""
+        """Claim a message's runnable ids and run them, grouped by the version each was
+        accepted for. Ids already finished, cancelled or held by another worker are skipped."""
+        lease = timedelta(seconds=self.settings.lease_seconds)
         with session_scope(self.sessions) as s:
-            rows = crud.load_runnable(session=s, ids=ids, now=utcnow())
+            rows = crud.claim(session=s, ids=ids, lease=lease)
         by_version: dict[str, list[Prediction]] = {}
         for r in rows:
             if r.model == model:

@@ -39,5 +39,14 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "kombu", "amqp"):
+    noisy_loggers = (
+        "httpx",
+        "httpcore",
+        "uvicorn.access",
+        "kombu",
+        "amqp",
+        "celery.app.trace",
+        "celery.worker.strategy",
+    )
+    for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     runner_threads: int = 0
     """Threads running model batches per worker process (0: number of cores)."""
 
+    writer_threads: int = 2
+    """Threads per model writing batch results, so the model never waits on the database."""
+
     providers: list[str] = Field(default_factory=list)
     """ONNX Runtime providers in order; empty: CUDA when available, else CPU."""
 

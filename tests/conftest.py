@@ -16,7 +16,6 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import app.db
-from app.db.base import Base
 from app.db.engine import make_engine, make_sessionmaker, migrate
 from app.settings import Settings, build_settings
 from tests.support.procs import Proc, start_api, start_beat, start_worker
@@ -77,9 +76,12 @@ def amqp_url() -> Iterator[str]:
 def pg_sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
     """Sessions on the test database, every table emptied before the test."""
     engine = make_engine(build_settings(database_url=pg_url), pool_size=5)
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+        names = conn.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename <> 'alembic_version'")).scalars().all()
+        if names:
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " CASCADE"))
     yield make_sessionmaker(engine)
     engine.dispose()
 

@@ -69,7 +69,9 @@ def get_context(celery: Celery) -> WorkerContext:
     with _lock:
         if _context is None:
             settings: Settings = celery.conf.inferq_settings
-            engine = make_engine(settings, pool_size=settings.worker_concurrency + 8)
+            engine = make_engine(
+                settings, pool_size=settings.worker_concurrency + 8, async_commit=True
+            )
             sessions = make_sessionmaker(engine)
             dispatcher = WebhookDispatcher(sessions, settings)
             executors = ExecutorPool(

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Runtime, RuntimeDep, TenantDep
@@ -15,7 +16,6 @@ from api.metrics import SUBMITTED
 from api.responses import JSON
 from api.schemas import PredictionCreate
 from app import service
-from app.db import predictions as crud
 from app.db.engine import session_scope
 from app.db.models import Prediction, Status
 from app.errors import InvalidInput, NotFound
@@ -92,21 +92,29 @@ async def create_prediction(
 
 
 async def submit(rt: Runtime, sub: service.Submission) -> list[Prediction] | None:
-    coalescer = getattr(rt, "coalescer", None)
-    if coalescer is not None:
-        return await coalescer.submit(sub)  # type: ignore[no-any-return]
+    if rt.submitter is not None:
+        return await rt.submitter.submit(sub)  # type: ignore[no-any-return]
     (replay,) = await run_in_threadpool(
         service.store_and_publish, [sub], sessions=rt.sessions, publisher=rt.publisher
     )
     return replay
 
 
-def _load(rt: Runtime, tenant: str, pid: str) -> Prediction:
+def load_many(rt: Runtime, ids: list[str]) -> list[Prediction | None]:
+    """One SELECT for many reads (the loader coalescer's flush)."""
     with session_scope(rt.sessions) as s:
-        p = crud.get_prediction(session=s, tenant=tenant, prediction_id=pid)
-    if p is None:
+        found = {p.id: p for p in s.scalars(select(Prediction).where(Prediction.id.in_(ids)))}
+    return [found.get(i) for i in ids]
+
+
+async def _load(rt: Runtime, tenant: str, pid: str) -> Prediction:
+    if rt.loader is not None:
+        p = await rt.loader.submit(pid)
+    else:
+        p = (await run_in_threadpool(load_many, rt, [pid]))[0]
+    if p is None or p.tenant != tenant:
         raise NotFound(f"prediction {pid} not found")
-    return p
+    return p  # type: ignore[no-any-return]
 
 
 @router.get("/predictions/{prediction_id}")
@@ -117,7 +125,7 @@ async def get_prediction(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
 ) -> JSON:
     """A prediction's state and result; ``?wait=<s>`` holds the answer until it is final."""
-    p = await run_in_threadpool(_load, rt, tenant, prediction_id)
+    p = await _load(rt, tenant, prediction_id)
     if wait > 0 and not Status(p.status).is_final:
         p = await _wait_final(rt, tenant, p, wait)
     return JSON(prediction_public(p))
@@ -133,7 +141,7 @@ async def _wait_final(rt: Runtime, tenant: str, p: Prediction, wait: float) -> P
 
     rt.hub.subscribe(p.id, wake)
     try:
-        p = await run_in_threadpool(_load, rt, tenant, p.id)  # it may have ended meanwhile
+        p = await _load(rt, tenant, p.id)  # it may have ended meanwhile
         end = loop.time() + wait
         interval = 1.0 if rt.hub.enabled else 0.05
         while not Status(p.status).is_final:
@@ -146,7 +154,7 @@ async def _wait_final(rt: Runtime, tenant: str, p: Prediction, wait: float) -> P
                 if not rt.hub.enabled:
                     interval = min(interval * 1.5, 0.5)
             event.clear()
-            p = await run_in_threadpool(_load, rt, tenant, p.id)
+            p = await _load(rt, tenant, p.id)
     finally:
         rt.hub.unsubscribe(p.id, wake)
     return p

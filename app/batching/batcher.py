@@ -5,7 +5,8 @@ has waited ``max_delay_ms``. Items of one batch share a length bucket (little pa
 bucket ``high`` priority goes before ``normal`` before ``low``, then oldest first. Items past their
 deadline leave as ``expired`` without running; items the ``admit`` hook refuses (cancelled, taken
 by another worker) are skipped. A batch that raises is bisected until only the inputs that break
-it fail. Every batch's outcomes go to ``sink`` (one bulk write) before any future resolves.
+it fail. Every batch's outcomes go to ``sink`` (one bulk write) before any future resolves;
+with a ``writer`` pool that write overlaps the next batch's run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ class DynamicBatcher:
         sink: Sink | None = None,
         admit: Admit | None = None,
         clock: Callable[[], float] = time.monotonic,
+        writer: Executor | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -79,6 +81,7 @@ class DynamicBatcher:
         self.sink = sink
         self.admit = admit
         self.clock = clock
+        self.writer = writer
         self._buckets: dict[int, list[BatchItem]] = {}
         self._cond = threading.Condition()
         self._seq = itertools.count()
@@ -208,6 +211,14 @@ class DynamicBatcher:
             outcomes[id(item)] = Outcome("succeeded", value, batch_size=len(items), run_ms=run_ms)
 
     def _finish(self, items: list[BatchItem], outcomes: list[Outcome]) -> None:
+        """Store then resolve; on the ``writer`` pool if there is one, so the next batch can
+        run on the model while this one is written."""
+        if self.writer is not None:
+            self.writer.submit(self._store_and_resolve, items, outcomes)
+        else:
+            self._store_and_resolve(items, outcomes)
+
+    def _store_and_resolve(self, items: list[BatchItem], outcomes: list[Outcome]) -> None:
         try:
             if self.sink is not None:
                 self.sink(items, outcomes)
@@ -239,3 +250,5 @@ class DynamicBatcher:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)

@@ -15,8 +15,14 @@ from app.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_engine(settings: Settings, *, pool_size: int = 10) -> Engine:
-    """An engine for ``settings.database_url``; SQLite gets WAL and a busy timeout."""
+def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool = False) -> Engine:
+    """An engine for ``settings.database_url``; SQLite gets WAL and a busy timeout.
+
+    ``async_commit`` (workers) turns off Postgres' wait for the WAL flush at commit. That is
+    safe here: a claim or a result lost in a database crash leaves the row under a lease that
+    runs out, and the sweeper runs it again. The API keeps synchronous commits: a 202 means the
+    request is on disk.
+    """
     url = settings.database_url
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -33,8 +39,14 @@ def make_engine(settings: Settings, *, pool_size: int = 10) -> Engine:
             cur.close()
 
         return engine
+    connect_args = {"options": "-c synchronous_commit=off"} if async_commit else {}
     return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args=connect_args,
     )
 
 

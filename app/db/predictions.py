@@ -87,48 +87,31 @@ def cancel_prediction(*, session: Session, tenant: str, prediction_id: str) -> b
     return res.first() is not None
 
 
-def load_runnable(*, session: Session, ids: Sequence[str], now: datetime) -> list[Prediction]:
-    """Those of ``ids`` that may run now: queued, or running under a lease that ran out."""
-    return list(
-        session.scalars(
-            select(Prediction).where(
-                Prediction.id.in_(list(ids)),
-                or_(
-                    Prediction.status == Status.queued.value,
-                    and_(
-                        Prediction.status == Status.running.value,
-                        Prediction.lease_expires_at < now,
-                    ),
-                ),
-            )
-        ).all()
+def _claimable(now: datetime) -> Any:
+    return or_(
+        Prediction.status == Status.queued.value,
+        and_(Prediction.status == Status.running.value, Prediction.lease_expires_at < now),
     )
 
 
-def claim(*, session: Session, ids: Sequence[str], lease: timedelta) -> set[str]:
-    """Mark runnable ``ids`` running under a lease; returns the ids this call now owns."""
+def claim(*, session: Session, ids: Sequence[str], lease: timedelta) -> list[Prediction]:
+    """Take the runnable ones of ``ids`` (queued, or running under a lease that ran out):
+    mark them running under a new lease and return them. Cancelled, finished and
+    otherwise-held rows are left alone, so a message delivered twice runs nothing twice."""
     now = utcnow()
-    res = session.execute(
+    stmt = (
         update(Prediction)
-        .where(
-            Prediction.id.in_(list(ids)),
-            or_(
-                Prediction.status == Status.queued.value,
-                and_(
-                    Prediction.status == Status.running.value,
-                    Prediction.lease_expires_at < now,
-                ),
-            ),
-        )
+        .where(Prediction.id.in_(list(ids)), _claimable(now))
         .values(
             status=Status.running.value,
             started_at=now,
             lease_expires_at=now + lease,
             attempts=Prediction.attempts + 1,
         )
-        .returning(Prediction.id)
+        .returning(Prediction)
+        .execution_options(synchronize_session=False)
     )
-    return {row[0] for row in res}
+    return list(session.scalars(stmt).all())
 
 
 _PG_WRITE = text(

@@ -52,9 +52,13 @@ def test_writing_a_result_twice_changes_nothing(pg_sessions: sessionmaker[Sessio
 def test_claims_are_exclusive_until_the_lease_runs_out(pg_sessions: sessionmaker[Session]) -> None:
     ids = add(pg_sessions, 4)
     with pg_sessions.begin() as s:
-        assert crud.claim(session=s, ids=ids[:2], lease=timedelta(seconds=60)) == set(ids[:2])
+        assert {
+            p.id for p in crud.claim(session=s, ids=ids[:2], lease=timedelta(seconds=60))
+        } == set(ids[:2])
     with pg_sessions.begin() as s:
-        assert crud.claim(session=s, ids=ids, lease=timedelta(seconds=60)) == set(ids[2:])
+        assert {p.id for p in crud.claim(session=s, ids=ids, lease=timedelta(seconds=60))} == set(
+            ids[2:]
+        )
     with pg_sessions.begin() as s:  # a lease that ran out may be taken over
         s.execute(
             Prediction.__table__.update()
@@ -62,7 +66,9 @@ def test_claims_are_exclusive_until_the_lease_runs_out(pg_sessions: sessionmaker
             .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     with pg_sessions.begin() as s:
-        assert crud.claim(session=s, ids=ids, lease=timedelta(seconds=60)) == {ids[0]}
+        assert [p.id for p in crud.claim(session=s, ids=ids, lease=timedelta(seconds=60))] == [
+            ids[0]
+        ]
 
 
 def test_cancelled_rows_are_never_claimed_or_overwritten(
@@ -73,7 +79,7 @@ def test_cancelled_rows_are_never_claimed_or_overwritten(
         assert crud.cancel_prediction(session=s, tenant="t", prediction_id=pid)
         assert not crud.cancel_prediction(session=s, tenant="other", prediction_id=pid)
     with pg_sessions.begin() as s:
-        assert crud.claim(session=s, ids=[pid], lease=timedelta(seconds=5)) == set()
+        assert crud.claim(session=s, ids=[pid], lease=timedelta(seconds=5)) == []
         assert crud.write_results(session=s, results=[crud.ResultRow(pid, "succeeded", {})]) == []
     with pg_sessions() as s:
         assert s.get(Prediction, pid).status == "cancelled"  # type: ignore[union-attr]

@@ -1,0 +1,246 @@
+"""Taking a job in: a stream of bytes becomes stored, published chunks, with flat memory.
+
+``JobWriter`` is fed blocks of the upload as they arrive; every few chunks it commits them and
+publishes one message per chunk, so workers start on a big file while it is still uploading. The
+job ends only once it is sealed (every chunk stored), so an early chunk finishing cannot end it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import __version__
+from app.db.base import new_id, utcnow
+from app.db.engine import session_scope
+from app.db.jobs import ChunkStatus, Job, JobStatus
+from app.errors import InvalidInput, PayloadTooLarge
+from app.jobs import lines as L
+from app.jobs import store
+from app.registry import ModelEntry
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TABULAR_CHUNK = 4096
+TEXT_CHUNK_BATCHES = 16
+FLUSH_CHUNKS = 4
+FLUSH_BYTES = 4 << 20
+
+
+@runtime_checkable
+class JobPublisher(Protocol):
+    """Puts one message per chunk of a job on the model's queue."""
+
+    def publish_job_chunk(self, model: str, job_id: str, seq: int) -> None: ...
+
+
+def chunk_lines(settings: Settings, entry: ModelEntry) -> int:
+    """Records per chunk: big for tabular models (cheap rows), a few full batches for text."""
+    if settings.job_chunk_lines > 0:
+        return settings.job_chunk_lines
+    if entry.manifest.kind == "tabular":
+        return TABULAR_CHUNK
+    return entry.manifest.batching.max_batch_size * TEXT_CHUNK_BATCHES
+
+
+class JobWriter:
+    """Feeds a job's input into chunks. ``feed`` blocks, then ``finish`` (or ``abort``)."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        publisher: JobPublisher,
+        settings: Settings,
+        entry: ModelEntry,
+        tenant: str,
+        fmt: L.InputFormat,
+        filename: str | None = None,
+        callback_url: str | None = None,
+        schedule_id: str | None = None,
+        sink: dict[str, Any] | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.publisher = publisher
+        self.settings = settings
+        self.entry = entry
+        self.fmt = fmt
+        self.filename = filename
+        self.max_bytes = max_bytes
+        self.chunk_lines = chunk_lines(settings, entry)
+        self.splitter = L.RecordSplitter(fmt)
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+        self.total = 0
+        self.seq = 0
+        self.columns: list[str] | None = None
+        self._pending: list[bytes] = []
+        self._ready: list[dict[str, Any]] = []
+        self._ready_bytes = 0
+        m = entry.manifest
+        self.job = Job(
+            id=new_id("job"),
+            tenant=tenant,
+            model=m.name,
+            model_version=m.version,
+            status=JobStatus.queued.value,
+            input_format=fmt,
+            callback_url=callback_url,
+            schedule_id=schedule_id,
+            sink=sink,
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        self._stored = False
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    def feed(self, data: bytes) -> None:
+        """Take the next block of the input (any size, cut anywhere)."""
+        self.bytes += len(data)
+        if self.max_bytes is not None and self.bytes > self.max_bytes:
+            raise PayloadTooLarge(f"the file is over the limit of {self.max_bytes} bytes")
+        self.sha.update(data)
+        self._take(self.splitter.feed(data))
+        if len(self._ready) >= FLUSH_CHUNKS or self._ready_bytes >= FLUSH_BYTES:
+            self._flush()
+
+    def _take(self, records: list[bytes]) -> None:
+        if not records:
+            return
+        if self.columns is None and self.fmt == "csv":
+            self.columns = L.parse_header(records[0])
+            L.csv_plan(self.columns, self.entry.manifest)
+            records = records[1:]
+        elif self.total == 0 and not self._pending and self.fmt == "jsonl":
+            L.check_first_line(records[0], self.filename)
+        self._pending.extend(records)
+        n = self.chunk_lines
+        while len(self._pending) >= n:
+            self._cut(self._pending[:n])
+            del self._pending[:n]
+
+    def _cut(self, records: list[bytes]) -> None:
+        blob = b"\n".join(records)
+        self._ready.append(
+            {
+                "job_id": self.job.id,
+                "seq": self.seq,
+                "start_index": self.total,
+                "n_lines": len(records),
+                "status": ChunkStatus.queued.value,
+                "lines": blob,
+                "attempts": 0,
+                "succeeded": 0,
+                "failed": 0,
+            }
+        )
+        self.seq += 1
+        self.total += len(records)
+        self._ready_bytes += len(blob)
+
+    def _store_job(self, s: Session) -> None:
+        if not self._stored:
+            self.job.columns = self.columns
+            s.add(self.job)
+            s.flush()
+            self._stored = True
+
+    def _take_ready(self, s: Session) -> list[int]:
+        now = utcnow()
+        rows, self._ready, self._ready_bytes = self._ready, [], 0
+        for r in rows:
+            r["published_at"] = now
+        store.insert_chunks(session=s, rows=rows)
+        return [r["seq"] for r in rows]
+
+    def _flush(self) -> None:
+        with session_scope(self.sessions) as s:
+            self._store_job(s)
+            seqs = self._take_ready(s)
+        self._publish(seqs)
+
+    def _publish(self, seqs: Sequence[int]) -> None:
+        for i, seq in enumerate(seqs):
+            try:
+                self.publisher.publish_job_chunk(self.job.model, self.job.id, seq)
+            except Exception as exc:
+                log.warning(
+                    "publish failed; the sweeper will publish again",
+                    extra={"job": self.job.id, "chunks": len(seqs) - i, "error": repr(exc)},
+                )
+                try:
+                    with session_scope(self.sessions) as s:
+                        store.mark_published(
+                            session=s, job_id=self.job.id, seqs=seqs[i:], when=None
+                        )
+                except Exception:
+                    log.exception("could not mark unpublished chunks")
+                return
+
+    def finish(self, source: dict[str, Any], provenance: dict[str, Any] | None = None) -> Job:
+        """Store the last chunks and seal the job; ``InvalidInput`` when there was no input."""
+        self._take(self.splitter.end())
+        if self._pending:
+            self._cut(self._pending)
+            self._pending = []
+        if self.total == 0:
+            what = "only a header" if self.columns is not None else "no input lines"
+            raise InvalidInput(f"{self.filename or 'the input'} has {what}", code="empty_input")
+        source = {**source, "format": self.fmt, "lines": self.total, "bytes": self.bytes}
+        if self.filename is not None or source.get("type") == "upload":
+            source["sha256"] = self.sha.hexdigest()
+        record = self._provenance(source, provenance)
+        from app.jobs.service import end_job_if_complete
+
+        with session_scope(self.sessions) as s:
+            self._store_job(s)
+            seqs = self._take_ready(s)
+            job = store.seal(
+                session=s,
+                job_id=self.job.id,
+                total=self.total,
+                chunks=self.seq,
+                provenance=record,
+            )
+            end_job_if_complete(s, job)  # all chunks ran before the seal: the sweeper sends its webhook
+        self._publish(seqs)
+        log.info(
+            "job accepted",
+            extra={"job": job.id, "model": job.model, "lines": self.total, "chunks": self.seq},
+        )
+        return job
+
+    def _provenance(
+        self, source: dict[str, Any], extra: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        m = self.entry.manifest
+        base: dict[str, Any] = {
+            "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
+            "inferq_version": __version__,
+            "source": source,
+            "parameters": {
+                "chunk_lines": self.chunk_lines,
+                "max_text_chars": self.settings.max_text_chars,
+            },
+        }
+        return {**base, **(extra or {})}
+
+    def abort(self) -> None:
+        """Drop whatever was stored of a job whose input failed half-way."""
+        if not self._stored:
+            return
+        try:
+            with session_scope(self.sessions) as s:
+                s.execute(delete(Job).where(Job.id == self.job.id))
+        except Exception:
+            log.exception("could not drop an aborted job", extra={"job": self.job.id})

@@ -1,0 +1,242 @@
+"""Bulk jobs: create one from lines or rows, read it, cancel it, end it.
+
+The public face of ``app.jobs``: the API, the CLI's server side and the schedules call these.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.base import utcnow
+from app.db.engine import session_scope
+from app.db.jobs import Job, JobStatus
+from app.errors import Conflict, InvalidInput, NotFound
+from app.jobs import store
+from app.jobs.ingest import JobPublisher, JobWriter
+from app.jobs.lines import InputFormat
+from app.registry import Registry
+from app.settings import Settings
+from app.views import iso
+from app.webhooks import BODY_LOADERS, enqueue_subject
+
+log = logging.getLogger(__name__)
+
+JobHook = Callable[[Session, Job], None]
+JOB_FINISHED_HOOKS: list[JobHook] = []
+"""Called in the transaction that marks a job final (succeeded, failed or cancelled)."""
+
+BLOCK_BYTES = 1 << 20
+
+
+def open_job(
+    *,
+    sessions: sessionmaker[Session],
+    publisher: JobPublisher,
+    registry: Registry,
+    settings: Settings,
+    tenant: str,
+    model: str,
+    fmt: InputFormat,
+    filename: str | None = None,
+    callback_url: str | None = None,
+    model_version: str | None = None,
+    schedule_id: str | None = None,
+    sink: dict[str, Any] | None = None,
+    max_bytes: int | None = None,
+) -> JobWriter:
+    """A writer for a new job, to ``feed`` blocks of input and then ``finish``.
+
+    Raises ``UnknownModel`` before anything is stored.
+    """
+    entry = registry.get(model, model_version)
+    return JobWriter(
+        sessions=sessions,
+        publisher=publisher,
+        settings=settings,
+        entry=entry,
+        tenant=tenant,
+        fmt=fmt,
+        filename=filename,
+        callback_url=callback_url,
+        schedule_id=schedule_id,
+        sink=sink,
+        max_bytes=max_bytes,
+    )
+
+
+def create_job(
+    *,
+    sessions: sessionmaker[Session],
+    publisher: JobPublisher,
+    registry: Registry,
+    settings: Settings,
+    tenant: str,
+    model: str,
+    lines: Iterable[bytes] | Iterable[dict[str, Any]],
+    fmt: Literal["jsonl", "csv", "rows"] = "rows",
+    callback_url: str | None = None,
+    model_version: str | None = None,
+    schedule_id: str | None = None,
+    provenance: dict[str, Any] | None = None,
+    sink: dict[str, Any] | None = None,
+) -> Job:
+    """Store a job and publish its chunks; returns it once committed (status ``queued``).
+
+    Parameters: ``lines`` are JSONL lines (bytes) or parsed rows (dicts), each the model's input
+    or ``{"custom_id", "input"}``; for ``fmt="csv"``, CSV lines starting with the header.
+    ``provenance`` is merged over what the job records itself (model, sha256, inferq version,
+    source). Raises ``UnknownModel``, ``InvalidInput`` (no input, a CSV header that does not fit
+    the model).
+    """
+    writer = open_job(
+        sessions=sessions,
+        publisher=publisher,
+        registry=registry,
+        settings=settings,
+        tenant=tenant,
+        model=model,
+        fmt="csv" if fmt == "csv" else "jsonl",
+        callback_url=callback_url,
+        model_version=model_version,
+        schedule_id=schedule_id,
+        sink=sink,
+    )
+    try:
+        for block in _blocks(lines):
+            writer.feed(block)
+        return writer.finish({"type": fmt}, provenance)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _blocks(items: Iterable[bytes] | Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    """Lines (or rows, dumped as JSON) joined into blocks of about a mebibyte."""
+    buf: list[bytes] = []
+    size = 0
+    for item in items:
+        if isinstance(item, bytes | bytearray | memoryview):
+            line = bytes(item)
+        elif isinstance(item, str):
+            line = item.encode()
+        else:
+            line = orjson.dumps(item)
+        buf.append(line if line.endswith(b"\n") else line + b"\n")
+        size += len(line)
+        if size >= BLOCK_BYTES:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)
+
+
+def get_job(*, sessions: sessionmaker[Session], tenant: str, job_id: str) -> Job:
+    """The tenant's job; ``NotFound`` for an unknown id or another tenant's job."""
+    with session_scope(sessions) as s:
+        job = store.get_job(session=s, tenant=tenant, job_id=job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def cancel_job(*, sessions: sessionmaker[Session], tenant: str, job_id: str) -> Job:
+    """Cancel what has not started (running chunks finish); ``Conflict`` once the job ended."""
+    with session_scope(sessions) as s:
+        job = store.get_job(session=s, tenant=tenant, job_id=job_id, lock=True)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if JobStatus(job.status).is_final:
+            raise Conflict(
+                f"job {job_id} is {job.status}; only a queued or running job can be cancelled",
+                code="not_cancellable",
+            )
+        chunks, lines = store.cancel_chunks(session=s, job_id=job_id)
+        job.cancelled += lines
+        job.chunks_done += chunks
+        end_job(s, job, JobStatus.cancelled)
+    log.info("job cancelled", extra={"job": job_id, "lines": lines})
+    return job
+
+
+def end_job_if_complete(session: Session, job: Job) -> list[str]:
+    """End ``job`` when its last chunk has run; returns the webhook deliveries to send."""
+    if not store.is_complete(job):
+        return []
+    ok = job.succeeded > 0 or job.failed == 0
+    return end_job(session, job, JobStatus.succeeded if ok else JobStatus.failed)
+
+
+def end_job(session: Session, job: Job, status: JobStatus) -> list[str]:
+    """Mark ``job`` final, queue its webhook and run the finished-job hooks, in ``session``."""
+    now = utcnow()
+    job.status = status.value
+    job.completed_at = now
+    job.updated_at = now
+    session.flush()
+    deliveries = []
+    if job.callback_url:
+        deliveries.append(
+            enqueue_subject(
+                session,
+                tenant=job.tenant,
+                subject_type="job",
+                subject_id=job.id,
+                url=job.callback_url,
+            )
+        )
+    for hook in JOB_FINISHED_HOOKS:
+        hook(session, job)
+    log.info(
+        "job ended",
+        extra={
+            "job": job.id,
+            "status": job.status,
+            "succeeded": job.succeeded,
+            "failed": job.failed,
+        },
+    )
+    return deliveries
+
+
+def job_public(job: Job) -> dict[str, Any]:
+    """The body of ``GET /v1/jobs/{id}`` (and of the job's webhook); absent fields left out."""
+    body: dict[str, Any] = {
+        "id": job.id,
+        "object": "job",
+        "status": job.status,
+        "model": job.model,
+        "model_version": job.model_version,
+        "request_counts": {
+            "total": job.total,
+            "succeeded": job.succeeded,
+            "failed": job.failed,
+            "cancelled": job.cancelled,
+        },
+        "created_at": iso(job.created_at),
+    }
+    if job.error_code is not None:
+        body["error"] = {"code": job.error_code, "message": job.error_message or ""}
+    optional = {
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "schedule_id": job.schedule_id,
+        "callback_url": job.callback_url,
+        "results_url": f"/v1/jobs/{job.id}/results" if JobStatus(job.status).is_final else None,
+        "provenance": job.provenance,
+        "sink": job.sink,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
+def _job_body(session: Session, job_id: str) -> dict[str, object] | None:
+    job = session.get(Job, job_id)
+    return None if job is None else job_public(job)
+
+
+BODY_LOADERS["job"] = _job_body

@@ -1,0 +1,125 @@
+"""Where a run's results go besides the results store: a table or a JSONL file.
+
+A sink is written once the run's job is final, from the job's stored result lines (one JSON
+object per input, in input order). Writing is idempotent: a table sink replaces the job's rows
+in one transaction, a file sink is written beside its target and renamed over it, so a sink
+written twice (a worker died after writing, before recording it) leaves the same result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, delete, insert
+
+from app.db.base import JSONType
+from app.errors import InvalidInput
+from app.schedules import sources
+from app.schedules.config import ScheduleConfig
+from app.settings import Settings
+
+BATCH = 1000
+
+
+def write(
+    sink: dict[str, Any],
+    lines: Iterable[bytes],
+    *,
+    names: dict[str, str],
+    settings: Settings,
+    cfg: ScheduleConfig,
+) -> dict[str, Any]:
+    """Write result ``lines`` to ``sink``; returns where and how many (for the run's record).
+
+    ``names`` fills the path template: ``job_id``, ``run_id``, ``schedule_id``.
+    """
+    if sink["type"] == "file":
+        return _to_file(sink["path"], lines, names=names, cfg=cfg)
+    url = sources.database_url(sink.get("url"), settings.database_url)
+    return _to_table(url, sink["table"], lines, job_id=names["job_id"])
+
+
+def target_path(template: str, *, names: dict[str, str], cfg: ScheduleConfig) -> Path:
+    values = {**names, "date": datetime.now(UTC).strftime("%Y-%m-%d")}
+    try:
+        filled = template.format(**values)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidInput(f"sink.path: cannot fill in {template!r}: {exc!r}") from exc
+    return sources.resolve_path(filled, cfg, where="sink.path")
+
+
+def _to_file(
+    template: str, lines: Iterable[bytes], *, names: dict[str, str], cfg: ScheduleConfig
+) -> dict[str, Any]:
+    path = target_path(template, names=names, cfg=cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{names['run_id']}.tmp")
+    n = 0
+    with tmp.open("wb") as f:
+        for line in lines:
+            f.write(line.rstrip(b"\n") + b"\n")
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return {"type": "file", "path": str(path), "rows": n}
+
+
+def _table(name: str) -> Table:
+    schema, _, table = name.rpartition(".")
+    return Table(
+        table,
+        MetaData(schema=schema or None),
+        Column("job_id", String(40), primary_key=True),
+        Column("job_index", Integer, primary_key=True),
+        Column("custom_id", String(255), nullable=True),
+        Column("status", String(16)),
+        Column("output", JSONType, nullable=True),
+        Column("error", JSONType, nullable=True),
+        Column("written_at", DateTime(timezone=True)),
+    )
+
+
+def _to_table(url: str, name: str, lines: Iterable[bytes], *, job_id: str) -> dict[str, Any]:
+    table = _table(name)
+    engine = sources.sql_engine(url)
+    now = datetime.now(UTC)
+    n = 0
+    try:
+        with engine.begin() as conn:
+            table.metadata.create_all(conn, checkfirst=True)
+            conn.execute(delete(table).where(table.c.job_id == job_id))
+            batch: list[dict[str, Any]] = []
+            for line in lines:
+                obj = orjson.loads(line)
+                batch.append(
+                    {
+                        "job_id": job_id,
+                        "job_index": n,
+                        "custom_id": obj.get("custom_id"),
+                        "status": "failed" if obj.get("error") is not None else "succeeded",
+                        "output": obj.get("output"),
+                        "error": obj.get("error"),
+                        "written_at": now,
+                    }
+                )
+                n += 1
+                if len(batch) >= BATCH:
+                    conn.execute(insert(table), batch)
+                    batch = []
+            if batch:
+                conn.execute(insert(table), batch)
+    finally:
+        engine.dispose()
+    return {"type": "table", "url": sources.redact(url), "table": name, "rows": n}
+
+
+def path_for_check(template: str) -> str:
+    """The sink path with its placeholders filled by dummies, to check it at creation."""
+    return template.replace("{", "").replace("}", "")
+

@@ -1,0 +1,307 @@
+"""Where a run's data comes from: files (JSONL, CSV, Parquet) or a SQL query.
+
+Everything is streamed: a file is read line by line (Parquet by record batch), a query through
+a server-side cursor, so a source of a million rows never sits in memory. What was read (file
+paths and sha256, the query, its row count and watermark) is recorded while it is read, so the
+provenance describes exactly the bytes and rows the job got.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+
+from app.errors import InvalidInput
+from app.schedules.config import ScheduleConfig
+from app.schedules.specs import FileFormat
+
+Fmt = Literal["jsonl", "csv", "rows"]
+EXTENSIONS: dict[str, FileFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+BATCH_ROWS = 2048
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(slots=True)
+class Read:
+    """Lines for ``create_job`` and the record of what they are (complete once consumed)."""
+
+    fmt: Fmt
+    lines: Iterator[Any]
+    data: dict[str, Any]
+    watermark: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --- paths ---------------------------------------------------------------------------------
+
+
+def resolve_path(pattern: str, cfg: ScheduleConfig, *, where: str) -> Path:
+    """``pattern`` made absolute and checked to lie under a source root."""
+    p = Path(pattern).expanduser()
+    if not p.is_absolute():
+        p = (cfg.source_roots[0] if cfg.source_roots else Path.cwd()) / p
+    p = Path(os.path.normpath(p))
+    if not allowed(p, cfg):
+        roots = os.pathsep.join(str(r) for r in cfg.source_roots)
+        raise InvalidInput(
+            f"{where}: {pattern!r} is outside the folders inferq may use ({roots}); "
+            "see INFERQ_SOURCE_ROOTS"
+        )
+    return p
+
+
+def allowed(path: Path, cfg: ScheduleConfig) -> bool:
+    return cfg.any_path or any(path.is_relative_to(root) for root in cfg.source_roots)
+
+
+def file_format(pattern: str, given: FileFormat | None, *, where: str) -> FileFormat:
+    if given is not None:
+        return given
+    suffix = Path(pattern).suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise InvalidInput(
+            f"{where}: cannot tell the format of {pattern!r} from its extension; "
+            "set format to jsonl, csv or parquet"
+        )
+    return EXTENSIONS[suffix]
+
+
+def matching_files(pattern: Path, cfg: ScheduleConfig) -> list[Path]:
+    """Regular files matching the glob, sorted, each (symlinks resolved) under a root."""
+    found = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True))
+    files = [p for p in found if p.is_file() and not p.name.startswith(".")]
+    return [p for p in files if allowed(p.resolve(), cfg)]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def read_files(paths: list[Path], fmt: FileFormat) -> Read:
+    """The rows of ``paths`` as one stream. CSV files must share their header."""
+    data: dict[str, Any] = {"type": "file", "format": fmt, "files": []}
+    if fmt == "parquet":
+        return Read("rows", _parquet_rows(paths, data["files"]), data)
+    if fmt == "csv":
+        headers = {_first_line(p) for p in paths}
+        if len(headers) > 1:
+            raise InvalidInput("source: the CSV files matching the path have different headers")
+    return Read(fmt, _text_lines(paths, fmt, data["files"]), data)
+
+
+def _first_line(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.readline().removeprefix(BOM).rstrip(b"\r\n")
+
+
+def _text_lines(paths: list[Path], fmt: FileFormat, record: list[dict[str, Any]]) -> Iterator[bytes]:
+    for n, path in enumerate(paths):
+        h, size, rows = hashlib.sha256(), 0, 0
+        with path.open("rb") as f:
+            for i, raw in enumerate(f):
+                h.update(raw)
+                size += len(raw)
+                # every record ends with a newline (files are joined) and no file keeps its BOM
+                line = (raw.removeprefix(BOM) if i == 0 else raw).rstrip(b"\r\n") + b"\n"
+                if fmt == "csv" and i == 0:
+                    if n == 0:
+                        yield line
+                    continue
+                if line.strip():
+                    rows += 1
+                    yield line
+        record.append({"path": str(path), "sha256": h.hexdigest(), "bytes": size, "rows": rows})
+
+
+def _parquet_rows(paths: list[Path], record: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        sha, rows = file_sha256(path), 0
+        pf = pq.ParquetFile(path)
+        try:
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+                for rec in batch.to_pylist():
+                    rows += 1
+                    yield to_row(rec)
+        finally:
+            pf.close()
+        size = path.stat().st_size
+        record.append({"path": str(path), "sha256": sha, "bytes": size, "rows": rows})
+
+
+def to_row(record: dict[str, Any], drop: str | None = None) -> dict[str, Any]:
+    """A table row as a job row: ``custom_id`` names it, ``input`` (or the other columns) is
+    the model input."""
+    rec = {k: v for k, v in record.items() if k != drop}
+    custom_id = rec.pop("custom_id", None)
+    value = rec["input"] if set(rec) == {"input"} else rec
+    row: dict[str, Any] = {"input": jsonable(value)}
+    if custom_id is not None:
+        row["custom_id"] = str(custom_id)
+    return row
+
+
+def jsonable(value: Any) -> Any:
+    """Database and Arrow values as JSON values (numbers, strings, lists, objects)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+# --- SQL -----------------------------------------------------------------------------------
+
+_TIME_OIDS = {1082, 1114, 1184}  # date, timestamp, timestamptz
+_NUMBER_OIDS = {20, 21, 23, 26, 700, 701, 1700}
+_TEXT_OIDS = {25, 1042, 1043}
+
+
+def database_url(url: str | None, default: str) -> str:
+    if url is None:
+        return default
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable url>"
+
+
+def sql_engine(url: str) -> Engine:
+    args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return create_engine(url, poolclass=NullPool, connect_args=args)
+
+
+def check_query(query: str) -> str:
+    q = query.strip().rstrip(";").strip()
+    if not q.lower().startswith(("select", "with")) or ";" in q:
+        raise InvalidInput("source.query: must be one SELECT (or WITH … SELECT) statement")
+    return q
+
+
+def probe(engine: Engine, query: str, watermark_column: str | None) -> int | None:
+    """Run the query for no rows to check it; returns the watermark column's type (a PG oid).
+
+    Raises:
+        InvalidInput: the query fails, or does not return the watermark column.
+    """
+    params = {"watermark": None} if ":watermark" in query else {}
+    try:
+        with engine.connect() as conn:
+            res = conn.execute(text(f"SELECT * FROM ({query}) AS inferq_q LIMIT 0"), params)
+            description = res.cursor.description if res.cursor is not None else None
+            names = list(res.keys())
+    except Exception as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+        raise InvalidInput(f"source.query: the database refused it: {first}") from exc
+    if watermark_column is None:
+        return None
+    if watermark_column not in names:
+        raise InvalidInput(
+            f"source.query: must return the watermark column {watermark_column!r} "
+            f"(it returns {', '.join(names)})"
+        )
+    if description is None:
+        return None
+    type_code = description[names.index(watermark_column)][1]
+    return type_code if isinstance(type_code, int) else None
+
+
+def lowest(type_oid: int | None, column: str) -> Any:
+    """A ``:watermark`` below every value of the column: the first run reads everything."""
+    if type_oid in _TIME_OIDS:
+        return "-infinity"
+    if type_oid in _NUMBER_OIDS:
+        return float("-inf")
+    if type_oid in _TEXT_OIDS:
+        return ""
+    raise InvalidInput(
+        f"source.initial_watermark: cannot tell where {column!r} begins; set initial_watermark"
+    )
+
+
+def read_sql(
+    *,
+    url: str,
+    query: str,
+    watermark_column: str | None,
+    watermark: Any,
+) -> Read:
+    """Stream the rows of ``query`` (bound to ``:watermark``) in a read-only transaction."""
+    engine = sql_engine(url)
+    data: dict[str, Any] = {
+        "type": "sql",
+        "url": redact(url),
+        "query": query,
+        "watermark_column": watermark_column,
+        "watermark_from": watermark,
+        "rows": 0,
+    }
+    read = Read("rows", iter(()), data)
+    read.lines = _sql_rows(engine, query, watermark_column, watermark, read)
+    return read
+
+
+def _sql_rows(
+    engine: Engine, query: str, column: str | None, watermark: Any, read: Read
+) -> Iterator[dict[str, Any]]:
+    params = {"watermark": watermark} if ":watermark" in query else {}
+    high: Any = None
+    rows = 0
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SET TRANSACTION READ ONLY"))
+            result = conn.execution_options(stream_results=True, yield_per=1000).execute(
+                text(query), params
+            )
+            for rec in result.mappings():
+                if column is not None:
+                    value = rec[column]
+                    if value is not None and (high is None or value > high):
+                        high = value
+                rows += 1
+                yield to_row(dict(rec), drop=column)
+    finally:
+        engine.dispose()
+    read.data["rows"] = rows
+    read.watermark = jsonable(high) if high is not None else None
+    read.data["watermark_to"] = read.watermark

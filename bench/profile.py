@@ -1,0 +1,113 @@
+"""Sampling profiles of the API and worker processes with py-spy, summarised for the report.
+
+``py-spy record --format raw`` writes collapsed stacks (``frame;frame;... count``); the summary
+attributes each sample to the package of its innermost frame ("self" time) and counts every
+function on the stack once ("inclusive" time), which is what "where does the time go" asks.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
+
+
+def py_spy() -> str | None:
+    """The py-spy executable of this environment, or on ``PATH``; None if not installed."""
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+class PySpy:
+    """``with PySpy(pid, out):`` samples ``pid`` (non-blocking) until the block ends."""
+
+    def __init__(self, pid: int, out: Path, *, rate: int = 100) -> None:
+        self.pid = pid
+        self.out = out
+        self.rate = rate
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = out.with_suffix(".log")
+
+    def __enter__(self) -> PySpy:
+        exe = py_spy()
+        if exe is None:
+            return self
+        argv = [
+            exe,
+            "record",
+            "--pid",
+            str(self.pid),
+            "--rate",
+            str(self.rate),
+            "--format",
+            "raw",
+            "--output",
+            str(self.out),
+            "--nonblocking",
+        ]
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _package(path: str) -> str:
+    """``site-packages/sqlalchemy/orm/x.py`` -> ``sqlalchemy``; ``app/executor.py`` -> ``app.executor``."""
+    if "site-packages/" in path:
+        rest = path.split("site-packages/", 1)[1]
+        return rest.split("/", 1)[0].removesuffix(".py")
+    if "/lib/python3" in path:
+        return "stdlib:" + path.rsplit("/", 1)[-1].removesuffix(".py")
+    parts = Path(path).with_suffix("").parts
+    for root in ("app", "api", "workers", "bench"):
+        if root in parts:
+            return ".".join(parts[parts.index(root) :])
+    return path.rsplit("/", 1)[-1]
+
+
+def summarize(raw_file: Path, *, top: int = 15) -> dict[str, Any]:
+    """Top packages by self samples and top functions by inclusive samples, in % of all."""
+    if not raw_file.is_file():
+        return {"error": f"no profile at {raw_file}"}
+    by_package: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw_file.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        total += count
+        frames = [m for f in stack.split(";") if (m := FRAME.match(f))]
+        if not frames:
+            continue
+        leaf = frames[-1]
+        by_package[_package(leaf["file"])] += count
+        seen = {f"{_package(m['file'])}:{m['func']}" for m in frames}
+        for name in seen:
+            inclusive[name] += count
+
+    def pct(c: Counter[str]) -> list[tuple[str, float]]:
+        return [(k, round(100.0 * v / total, 1)) for k, v in c.most_common(top)]
+
+    return {"samples": total, "self_by_package": pct(by_package), "inclusive": pct(inclusive)}

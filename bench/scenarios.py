@@ -1,0 +1,233 @@
+"""The scenarios that go through inferq's HTTP API: ``online``, ``online-light``, ``bulk``.
+
+``online``: K concurrent clients (asyncio + httpx) each POST one input to ``/v1/predictions``
+and long-poll ``GET /v1/predictions/{id}?wait=30`` until it is final, then take the next input.
+``online-light``: the same request, but arriving as a Poisson process at a fixed rate (open
+loop), so latency is measured without a queue in front of the model. ``bulk``: one
+``POST /v1/jobs`` (multipart JSONL), polled until every result is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from bench.procstat import RssSampler, memory_kib
+
+FINAL = {"succeeded", "failed", "cancelled", "expired"}
+JOB_FINAL = {"succeeded", "failed", "cancelled"}
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+class BenchError(RuntimeError):
+    """The system under test answered something a benchmark cannot go on with."""
+
+
+@dataclass(slots=True)
+class Sample:
+    started: float
+    done: float
+    status: str
+    batch_size: int | None
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.done - self.started) * 1000.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-quantile (0-1) by linear interpolation; 0 for no values."""
+    if not values:
+        return 0.0
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _client(base_url: str, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits)
+
+
+async def _predict(client: httpx.AsyncClient, model: str, item: dict[str, Any]) -> Sample:
+    """POST one input, long-poll it until final."""
+    t0 = time.perf_counter()
+    body = orjson.dumps({"model": model, "input": item})
+    r = await client.post("/v1/predictions", content=body, headers=JSON_HEADERS)
+    if r.status_code != 202:
+        raise BenchError(f"POST /v1/predictions answered {r.status_code}: {r.text[:300]}")
+    pid = r.json()["id"]
+    while True:
+        g = await client.get(f"/v1/predictions/{pid}", params={"wait": "30"})
+        if g.status_code != 200:
+            raise BenchError(f"GET /v1/predictions/{pid} answered {g.status_code}: {g.text[:300]}")
+        doc = g.json()
+        if doc["status"] in FINAL:
+            return Sample(t0, time.perf_counter(), doc["status"], doc.get("batch_size"))
+
+
+def _latency_figures(samples: list[Sample]) -> dict[str, Any]:
+    lat = [s.latency_ms for s in samples]
+    batches = [s.batch_size for s in samples if s.batch_size]
+    statuses: dict[str, int] = {}
+    for s in samples:
+        statuses[s.status] = statuses.get(s.status, 0) + 1
+    return {
+        "n": len(samples),
+        "p50_ms": round(percentile(lat, 0.50), 2),
+        "p95_ms": round(percentile(lat, 0.95), 2),
+        "p99_ms": round(percentile(lat, 0.99), 2),
+        "mean_batch": round(statistics.fmean(batches), 2) if batches else None,
+        "statuses": statuses,
+    }
+
+
+async def _closed_loop(
+    base_url: str, model: str, inputs: list[dict[str, Any]], clients: int
+) -> tuple[list[Sample], float]:
+    todo = iter(inputs)
+    samples: list[Sample] = []
+    async with _client(base_url, clients + 4) as client:
+
+        async def worker() -> None:
+            for item in todo:
+                samples.append(await _predict(client, model, item))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return samples, t0
+
+
+def online(
+    base_url: str,
+    model: str,
+    inputs: list[dict[str, Any]],
+    *,
+    clients: int,
+    warmup: int,
+    during: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> dict[str, Any]:
+    """``online``: items/s from the first POST to the last stored result, latencies, batch."""
+    asyncio.run(_closed_loop(base_url, model, inputs[:warmup], clients))
+    with during():
+        samples, t0 = asyncio.run(_closed_loop(base_url, model, inputs, clients))
+    elapsed = max(s.done for s in samples) - t0
+    return {
+        "items_per_s": round(len(samples) / elapsed, 1),
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        **_latency_figures(samples),
+    }
+
+
+async def _open_loop(
+    base_url: str, model: str, inputs: list[dict[str, Any]], rate: float, seed: int
+) -> list[Sample]:
+    rng = random.Random(seed)
+    async with _client(base_url, 256) as client:
+        tasks = []
+        due = time.perf_counter()
+        for item in inputs:
+            due += rng.expovariate(rate)
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_predict(client, model, item)))
+        return list(await asyncio.gather(*tasks))
+
+
+def online_light(
+    base_url: str,
+    model: str,
+    inputs: list[dict[str, Any]],
+    *,
+    rate: float,
+    single_item_ms: float,
+    seed: int = 7,
+) -> dict[str, Any]:
+    """``online-light``: Poisson arrivals at ``rate``/s; latency minus the model's own time."""
+    samples = asyncio.run(_open_loop(base_url, model, inputs, rate, seed))
+    figures = _latency_figures(samples)
+    span = max(s.started for s in samples) - min(s.started for s in samples)
+    return {
+        "rate_per_s": round(rate, 2),
+        "achieved_rate_per_s": round((len(samples) - 1) / span, 2) if span > 0 else None,
+        "single_item_ms": round(single_item_ms, 3),
+        "added_p50_ms": round(figures["p50_ms"] - single_item_ms, 2),
+        "added_p99_ms": round(figures["p99_ms"] - single_item_ms, 2),
+        **figures,
+    }
+
+
+def _jsonl(inputs: list[dict[str, Any]], *, nested: bool) -> bytes:
+    lines = (
+        {"custom_id": f"item-{i}", "input": item} if nested else {"custom_id": f"item-{i}", **item}
+        for i, item in enumerate(inputs)
+    )
+    return b"\n".join(orjson.dumps(x) for x in lines) + b"\n"
+
+
+def _submit_job(client: httpx.Client, model: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """POST the job; ``{"skipped": why}`` when the server has no jobs API."""
+    last = ""
+    for nested in (True, False):
+        files = {"file": ("inputs.jsonl", _jsonl(inputs, nested=nested), "application/x-ndjson")}
+        r = client.post("/v1/jobs", data={"model": model}, files=files)
+        if r.status_code in (404, 405):
+            return {"skipped": f"POST /v1/jobs answered {r.status_code}: no jobs API yet"}
+        if r.status_code == 202:
+            return {**r.json(), "line_format": "nested" if nested else "flat"}
+        last = f"POST /v1/jobs answered {r.status_code}: {r.text[:300]}"
+        if r.status_code != 422:
+            break
+    raise BenchError(last)
+
+
+def bulk(
+    base_url: str,
+    model: str,
+    inputs: list[dict[str, Any]],
+    *,
+    pids: dict[str, int],
+    timeout: float,
+) -> dict[str, Any]:
+    """``bulk``: one job of ``inputs`` until every result is stored; items/s and peak RSS."""
+    with httpx.Client(base_url=base_url, timeout=120) as client, RssSampler(pids) as rss:
+        t0 = time.perf_counter()
+        job = _submit_job(client, model, inputs)
+        if "skipped" in job:
+            return job
+        accepted = time.perf_counter() - t0
+        doc: dict[str, Any] = job
+        while time.perf_counter() - t0 < timeout:
+            doc = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+            counts = doc.get("request_counts") or {}
+            done = counts.get("succeeded", 0) + counts.get("failed", 0)
+            if doc.get("status") in JOB_FINAL or (counts and done >= counts.get("total", -1)):
+                break
+            time.sleep(0.1)
+        else:
+            raise BenchError(f"job {job['id']} not done after {timeout}s: {doc}")
+        elapsed = time.perf_counter() - t0
+    return {
+        "items_per_s": round(len(inputs) / elapsed, 1),
+        "n": len(inputs),
+        "seconds": round(elapsed, 2),
+        "upload_accepted_s": round(accepted, 2),
+        "status": doc.get("status"),
+        "request_counts": doc.get("request_counts"),
+        "line_format": job.get("line_format"),
+        "peak_rss_mib": {k: round(v / 1024, 1) for k, v in rss.peak_kib.items()},
+        "hwm_rss_mib": {k: round(memory_kib(p, "VmHWM") / 1024, 1) for k, p in pids.items()},
+    }
