@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,9 +77,16 @@ def pg_sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
     """Sessions on the test database, every table emptied before the test."""
     engine = make_engine(build_settings(database_url=pg_url), pool_size=5)
     with engine.begin() as conn:
-        names = conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            " AND tablename <> 'alembic_version'")).scalars().all()
+        names = (
+            conn.execute(
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                    " AND tablename <> 'alembic_version'"
+                )
+            )
+            .scalars()
+            .all()
+        )
         if names:
             conn.execute(text("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " CASCADE"))
     yield make_sessionmaker(engine)
@@ -156,26 +163,28 @@ class Stack:
         self.procs.clear()
 
 
-@pytest.fixture
-def make_stack(
-    pg_url: str,
-    pg_sessions: sessionmaker[Session],
-    models_dir: Path,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-) -> Iterator[Callable[..., Stack]]:
-    """Factory: ``make_stack(broker_url, api=True, workers=1, beat=False, **INFERQ_settings)``."""
-    stacks: list[Stack] = []
+class StackFactory:
+    """Builds stacks on one database and one models folder; stops them all at the end."""
 
-    def factory(
-        broker_url: str, *, api: bool = True, workers: int = 1, beat: bool = False, **settings: Any
+    def __init__(self, pg_url: str, models_dir: Path, tmp: Path) -> None:
+        self.pg_url, self.models_dir, self.tmp = pg_url, models_dir, tmp
+        self.stacks: list[Stack] = []
+
+    def __call__(
+        self,
+        broker_url: str,
+        *,
+        api: bool = True,
+        workers: int = 1,
+        beat: bool = False,
+        **settings: Any,
     ) -> Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
         env.update(
             {
-                "INFERQ_DATABASE_URL": pg_url,
+                "INFERQ_DATABASE_URL": self.pg_url,
                 "INFERQ_BROKER_URL": broker_url,
-                "INFERQ_MODELS_DIR": str(models_dir),
+                "INFERQ_MODELS_DIR": str(self.models_dir),
                 "INFERQ_QUEUE_PREFIX": unique("t"),
                 "INFERQ_LOG_JSON": "true",
                 "INFERQ_SWEEP_INTERVAL_SECONDS": "1",
@@ -183,9 +192,11 @@ def make_stack(
             }
         )
         env.update({f"INFERQ_{k.upper()}": str(v) for k, v in settings.items()})
-        models = sorted(p.parent.parent.name for p in models_dir.glob("*/*/manifest.json"))
-        stack = Stack(env, tmp_path, sorted(set(models)))
-        stacks.append(stack)
+        models = sorted({p.parent.parent.name for p in self.models_dir.glob("*/*/manifest.json")})
+        tmp = self.tmp / f"stack{len(self.stacks)}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        stack = Stack(env, tmp, models)
+        self.stacks.append(stack)
         for n in range(workers):
             stack.start_worker(f"worker{n}")
         if beat:
@@ -194,14 +205,39 @@ def make_stack(
             stack.start_api()
         return stack
 
+    def close(self, show_logs: bool) -> None:
+        for s in self.stacks:
+            s.stop()
+            _purge_queues(s)
+        if show_logs:
+            for s in self.stacks:
+                for log in sorted(s.tmp.glob("*.log")):
+                    print(f"--- {log} ---\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture
+def make_stack(
+    pg_url: str,
+    pg_sessions: sessionmaker[Session],
+    models_dir: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[StackFactory]:
+    """Factory: ``make_stack(broker_url, api=True, workers=1, beat=False, **INFERQ_settings)``."""
+    factory = StackFactory(pg_url, models_dir, tmp_path)
     yield factory
-    for s in stacks:
-        s.stop()
-        _purge_queues(s)
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        for s in stacks:
-            for log in sorted(s.tmp.glob("*.log")):
-                print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}")
+    rep = getattr(request.node, "rep_call", None)
+    factory.close(show_logs=bool(rep and rep.failed))
+
+
+@pytest.fixture(scope="module")
+def module_stacks(
+    pg_url: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackFactory]:
+    """Like ``make_stack`` but shared by a module's tests (the database is not wiped between)."""
+    factory = StackFactory(pg_url, models_dir, tmp_path_factory.mktemp("stacks"))
+    yield factory
+    factory.close(show_logs=False)
 
 
 def _purge_queues(stack: Stack) -> None:

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import create_engine, func, select
 
 from app.db.models import Prediction
-from tests.conftest import Stack
+from tests.conftest import Stack, StackFactory
 
 TEXT = {"model": "minilm-embed", "input": {"text": "my invoice is wrong"}}
 CHURN = {"model": "churn-risk", "input": {"features": [1.0] * 12}}
 
 
-@pytest.fixture
-def api_only(make_stack: Callable[..., Stack], redis_url: str) -> Stack:
+@pytest.fixture(scope="module")
+def api_only(module_stacks: StackFactory, redis_url: str) -> Stack:
     """An API without workers: requests stay queued, which is what these tests want."""
-    return make_stack(
+    return module_stacks(
         redis_url,
         workers=0,
         max_body_bytes=20_000,
         max_text_chars=2_000,
-        api_keys='{"key-a": "tenant-a", "key-b": "tenant-b"}',
+        api_keys='{"key-a": "tenant-a", "key-b": "tenant-b", "key-c": "tenant-c"}',
     )
 
 
@@ -164,21 +162,24 @@ def test_cancel(api_only: Stack) -> None:
         assert c.get(f"/v1/predictions/{pid}").json()["status"] == "cancelled"
 
 
-def test_errors_lose_nothing(api_only: Stack, pg_sessions: sessionmaker[Session]) -> None:
+def test_errors_lose_nothing(api_only: Stack, pg_url: str) -> None:
     """Bad requests store nothing; the good ones around them are all stored."""
     good = 0
     for i in range(6):
-        assert (
-            post(api_only, {"model": "churn-risk", "input": {"features": [i] * 12}}).status_code
-            == 202
-        )
+        ok = post(api_only, {"model": "churn-risk", "input": {"features": [i] * 12}}, key="key-c")
+        assert ok.status_code == 202
         good += 1
-        post(api_only, {"model": "churn-risk", "input": {"features": [i] * 3}})
-        post(api_only, {"model": "nope", "input": {}})
-    many = post(api_only, {"model": "minilm-embed", "inputs": [{"text": "a"}, {"text": 1}]})
-    assert many.status_code == 422  # all or nothing: the valid first input is not stored either
-    with pg_sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Prediction)) == good
+        post(api_only, {"model": "churn-risk", "input": {"features": [i] * 3}}, key="key-c")
+        post(api_only, {"model": "nope", "input": {}}, key="key-c")
+    bad_many = {"model": "minilm-embed", "inputs": [{"text": "a"}, {"text": 1}]}
+    assert post(api_only, bad_many, key="key-c").status_code == 422  # the valid one is not kept
+    engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        stored = conn.scalar(
+            select(func.count()).select_from(Prediction).where(Prediction.tenant == "tenant-c")
+        )
+    engine.dispose()
+    assert stored == good
 
 
 def test_models_listing(api_only: Stack) -> None:

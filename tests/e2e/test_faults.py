@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -11,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Prediction
-from tests.conftest import Stack
+from tests.conftest import StackFactory
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +43,7 @@ def counts(sessions: sessionmaker[Session]) -> dict[str, int]:
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_sigkilled_worker_loses_nothing(
-    make_stack: Callable[..., Stack],
+    make_stack: StackFactory,
     broker: str,
     request: pytest.FixtureRequest,
     pg_sessions: sessionmaker[Session],
@@ -77,7 +76,7 @@ def test_sigkilled_worker_loses_nothing(
 
 
 def test_broker_down_at_submit_delays_but_loses_nothing(
-    make_stack: Callable[..., Stack],
+    make_stack: StackFactory,
     redis_url: str,
     pg_sessions: sessionmaker[Session],
 ) -> None:

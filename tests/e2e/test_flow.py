@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select
@@ -11,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import WebhookAttempt, WebhookDelivery
 from app.webhooks import verify
-from tests.conftest import Stack
+from tests.conftest import StackFactory
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.slow
@@ -25,7 +24,7 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 
 def test_submit_poll_and_webhook(
-    make_stack: Callable[..., Stack],
+    make_stack: StackFactory,
     broker_url: str,
     receiver: Receiver,
     pg_sessions: sessionmaker[Session],
@@ -93,7 +92,7 @@ def test_submit_poll_and_webhook(
 
 
 def test_webhook_retried_with_backoff_and_every_attempt_recorded(
-    make_stack: Callable[..., Stack],
+    make_stack: StackFactory,
     redis_url: str,
     receiver: Receiver,
     pg_sessions: sessionmaker[Session],
@@ -122,7 +121,7 @@ def test_webhook_retried_with_backoff_and_every_attempt_recorded(
 
 
 def test_slow_receiver_does_not_hold_up_batches(
-    make_stack: Callable[..., Stack],
+    make_stack: StackFactory,
     redis_url: str,
     receiver: Receiver,
 ) -> None:
