@@ -241,7 +241,7 @@ def counts_by_status(
         select(table.integration_id, table.status, func.count())
         .where(table.integration_id.in_(ids))
         .group_by(table.integration_id, table.status)
-    ).tuples()
+    )
     for iid, status, n in rows:
         out[iid][status] = int(n)
     return out

@@ -15,9 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import InvalidInput
 
-Kind = Literal["telegram", "zendesk", "generic"]
 KINDS: tuple[str, ...] = ("telegram", "zendesk", "generic")
-URGENCY_TO_PRIORITY = {"low": "low", "normal": "normal", "high": "high", "urgent": "urgent"}
+Priority = Literal["low", "normal", "high", "urgent"]
+URGENCY_TO_PRIORITY: dict[str, Priority] = {
+    "low": "low",
+    "normal": "normal",
+    "high": "high",
+    "urgent": "urgent",
+}
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
@@ -120,9 +125,7 @@ class ZendeskConfig(AnswerConfig):
     """The agent whose API token writes back (basic auth ``{email}/token:{api_token}``)."""
     tag_prefix: str = Field("inferq", pattern=r"^[a-z0-9_]{1,40}$")
     set_priority: bool = True
-    priority_map: dict[str, Literal["low", "normal", "high", "urgent"]] = Field(
-        default_factory=lambda: dict(URGENCY_TO_PRIORITY)
-    )
+    priority_map: dict[str, Priority] = Field(default_factory=lambda: dict(URGENCY_TO_PRIORITY))
     """Model urgency -> Zendesk priority."""
     replace_tags: bool = False
     """False: ``additional_tags`` (keeps the ticket's tags); true: ``tags`` (replaces them)."""
@@ -171,7 +174,9 @@ class GenericConfig(AnswerConfig):
     """When set, the HMAC covers ``<timestamp><body>`` (as Zendesk does)."""
     write_back: WriteBack
     tag_prefix: str = Field("inferq", pattern=r"^[a-z0-9_]{1,40}$")
-    priority_map: dict[str, str] = Field(default_factory=lambda: dict(URGENCY_TO_PRIORITY))
+    priority_map: dict[str, str] = Field(
+        default_factory=lambda: dict[str, str](URGENCY_TO_PRIORITY)
+    )
 
 
 class GenericSecrets(BaseModel):

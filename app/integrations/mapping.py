@@ -95,7 +95,9 @@ def signature_matches(
 def heads(output: dict[str, Any]) -> list[tuple[str, str, float | None]]:
     """A classifier's answer as ``(head, label, score)``, e.g. ``("urgency", "high", 0.71)``."""
     out = []
-    for key, value in output.items():
+    order = {"category": 0, "urgency": 1}  # JSONB does not keep key order
+    for key in sorted(output, key=lambda k: (order.get(k, 2), k)):
+        value = output[key]
         scores = output.get(f"{key}_scores")
         if isinstance(value, str) and isinstance(scores, dict):
             score = scores.get(value)
@@ -122,7 +124,11 @@ def triage_context(
         ctx[head] = label
         ctx[f"{head}_score"] = score
         tag_label = re.sub(r"[^a-z0-9_]+", "_", label.lower())
-        tags.append(f"{tag_prefix}_{tag_label}" if head == "category" else f"{tag_prefix}_{head}_{tag_label}")
+        tags.append(
+            f"{tag_prefix}_{tag_label}"
+            if head == "category"
+            else f"{tag_prefix}_{head}_{tag_label}"
+        )
     ctx["tags"] = tags
     urgency = ctx.get("urgency")
     ctx["priority"] = priority_map.get(urgency) if isinstance(urgency, str) else None

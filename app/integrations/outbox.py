@@ -21,9 +21,9 @@ from app.db import integrations as crud
 from app.db.integrations import Integration, IntegrationEvent
 from app.db.models import FINAL_STATUSES, Prediction
 from app.integrations.base import Connector, Finished
-from app.integrations.config import IntegrationSettings, validate_config
+from app.integrations.config import validate_config
 from app.integrations.generic import GenericConnector
-from app.integrations.telegram import TelegramConnector
+from app.integrations.telegram import TELEGRAM_API, TelegramConnector
 from app.integrations.zendesk import ZendeskConnector
 
 log = logging.getLogger(__name__)
@@ -31,16 +31,16 @@ log = logging.getLogger(__name__)
 _pending = threading.local()
 
 
-def connectors(isettings: IntegrationSettings) -> dict[str, Connector]:
+def connectors(telegram_api_base: str = TELEGRAM_API) -> dict[str, Connector]:
+    """One connector per kind; ``telegram_api_base`` serves bots that set none."""
     return {
-        "telegram": TelegramConnector(isettings.telegram_api_base),
+        "telegram": TelegramConnector(telegram_api_base),
         "zendesk": ZendeskConnector(),
         "generic": GenericConnector(),
     }
 
 
-# Building replies needs no setting but the Bot API default, which the sender applies.
-_BUILDERS = connectors(IntegrationSettings.model_construct(telegram_api_base=""))
+_BUILDERS = connectors()  # building replies needs no setting
 
 
 def complete(session: Session, prediction_ids: Sequence[str]) -> list[str]:
@@ -103,9 +103,7 @@ def complete(session: Session, prediction_ids: Sequence[str]) -> list[str]:
     return crud.insert_deliveries(session=session, rows=rows)
 
 
-def _replies(
-    integ: Integration | None, pred: Prediction | None, data: dict[str, Any]
-) -> list[Any]:
+def _replies(integ: Integration | None, pred: Prediction | None, data: dict[str, Any]) -> list[Any]:
     if integ is None or pred is None:
         return []
     done = Finished(

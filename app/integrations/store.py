@@ -169,9 +169,7 @@ def get(*, sessions: sessionmaker[Session], tenant: str, integration_id: str) ->
         return _owned(s, tenant, integration_id)
 
 
-def load(
-    *, sessions: sessionmaker[Session], box: SecretBox, integration_id: str
-) -> Loaded | None:
+def load(*, sessions: sessionmaker[Session], box: SecretBox, integration_id: str) -> Loaded | None:
     """Any tenant's integration by id, decrypted (for hooks and senders)."""
     with session_scope(sessions) as s:
         row = crud.get_integration(session=s, integration_id=integration_id)

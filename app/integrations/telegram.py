@@ -18,6 +18,7 @@ from app.integrations.config import AnswerConfig, TelegramConfig
 from app.integrations.mapping import heads
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+TELEGRAM_API = "https://api.telegram.org"
 MAX_MESSAGE = 4096
 
 
@@ -74,7 +75,7 @@ def answer_text(output: dict[str, Any]) -> str:
 class TelegramConnector:
     """Replies with ``sendMessage`` on ``{api_base}/bot<token>/``."""
 
-    def __init__(self, default_api_base: str) -> None:
+    def __init__(self, default_api_base: str = TELEGRAM_API) -> None:
         self.default_api_base = default_api_base.rstrip("/")
 
     def replies(self, config: AnswerConfig, data: dict[str, Any], done: Finished) -> list[Reply]:

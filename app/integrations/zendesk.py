@@ -55,7 +55,9 @@ def verify(
             when = when.replace(tzinfo=UTC)
         age = abs(((now or datetime.now(UTC)) - when).total_seconds())
         if age > config.signature_tolerance_s:
-            raise Unauthorized(f"{TIMESTAMP_HEADER} is {age:.0f} s away from now; refusing a replay")
+            raise Unauthorized(
+                f"{TIMESTAMP_HEADER} is {age:.0f} s away from now; refusing a replay"
+            )
 
 
 def plan_ticket(payload: Any) -> Plan | None:

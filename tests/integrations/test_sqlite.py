@@ -1,0 +1,104 @@
+"""The whole integration path on SQLite (the default database of a laptop install), in one
+process: hook -> event + prediction -> batch write with the write hook -> sender -> receiver."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from app.db import predictions as crud
+from app.db.engine import make_engine, make_sessionmaker, migrate, session_scope
+from app.db.integrations import IntegrationDelivery, IntegrationEvent
+from app.integrations import inbound, outbox, store
+from app.integrations.config import IntegrationSettings
+from app.integrations.secrets import SecretBox
+from app.integrations.sender import IntegrationSender
+from app.registry import Registry
+from app.settings import build_settings
+from tests.support.receiver import Receiver
+
+pytestmark = pytest.mark.slow  # it needs the demo models
+
+TOKEN = "4242424242:AAFakeTokenForTheSqliteTest_abcdefghi"
+
+
+class Recorder:
+    """A publisher that keeps what it was given (no broker in this test)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, list[str]]] = []
+
+    def publish(self, model: str, ids: Sequence[str], priority: int) -> None:
+        self.published.append((model, list(ids)))
+
+
+def test_telegram_round_trip_on_sqlite(
+    tmp_path: Path, models_dir: Path, receiver: Receiver
+) -> None:
+    settings = build_settings(
+        database_url=f"sqlite:///{tmp_path / 'inferq.db'}", models_dir=models_dir
+    )
+    migrate(settings.database_url)
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    isettings = IntegrationSettings(integration_backoff_base_seconds=0.1)
+    box = SecretBox.from_settings(settings, isettings)
+    registry = Registry(models_dir)
+    row = store.create(
+        sessions=sessions,
+        box=box,
+        registry=registry,
+        tenant="default",
+        kind="telegram",
+        name="bot",
+        config={"api_base": receiver.url},
+        secrets={"token": TOKEN, "webhook_secret": "s3cret"},
+    )
+    deps = inbound.HookDeps(sessions, registry, settings, Recorder())
+    update: dict[str, Any] = {
+        "update_id": 1,
+        "message": {"message_id": 3, "chat": {"id": 9}, "text": "refund please"},
+    }
+    body = orjson.dumps(update)
+    integ = store.load(sessions=sessions, box=box, integration_id=row.id)
+    accepted = inbound.receive_telegram(integ, bot=row.id, secret="s3cret", body=body, deps=deps)
+    assert accepted.status == "queued" and accepted.prediction_id
+    again = inbound.receive_telegram(integ, bot=row.id, secret="s3cret", body=body, deps=deps)
+    assert again.status == "duplicate"
+
+    output = {"category": "billing", "category_scores": {"billing": 0.8}}
+    with session_scope(sessions) as s:  # what the executor does with a finished batch
+        written = crud.write_results(
+            session=s, results=[crud.ResultRow(accepted.prediction_id, "succeeded", output)]
+        )
+        outbox.write_hook(s, written)
+    made = outbox.take_pending()
+    assert len(made) == 1
+    sender = IntegrationSender(sessions, settings, isettings, box=box)
+    receiver.fail_next = 1
+    try:
+        sender.submit(made)
+        sends = receiver.wait_for(lambda rs: len(rs) >= 2, timeout=10)
+    finally:
+        sender.close()
+    assert [r.path for r in sends] == [f"/bot{TOKEN}/sendMessage"] * 2
+    assert sends[1].json() == {
+        "chat_id": 9,
+        "text": "Category: billing (80%)",
+        "reply_to_message_id": 3,
+    }
+    with session_scope(sessions) as s:
+        event = s.scalars(select(IntegrationEvent)).one()
+        delivery = s.scalars(select(IntegrationDelivery)).one()
+        assert (event.status, delivery.status, delivery.attempt_count) == ("done", "delivered", 2)
+        view = store.views(s, [row], recent=5, attempts=True)[0]
+    assert view["activity"]["recent"][0]["deliveries"][0]["attempt_log"][0]["status_code"] == 500
+    store.delete(sessions=sessions, tenant="default", integration_id=row.id)
+    with session_scope(sessions) as s:
+        assert s.scalars(select(IntegrationDelivery)).all() == []
+    engine.dispose()
