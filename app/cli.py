@@ -17,11 +17,17 @@ from typing import Annotated
 
 import typer
 
+from app.cli_integrations import register as register_integrations
+from app.cli_jobs import jobs_cli
+from app.cli_schedules import schedules_cli
 from app.settings import VAR_DIR, get_settings
 
 cli = typer.Typer(help="inferq: queue-driven inference workers.", no_args_is_help=True)
 models_cli = typer.Typer(help="Build and list models.", no_args_is_help=True)
 cli.add_typer(models_cli, name="models")
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(schedules_cli, name="schedules")
+register_integrations(cli)  # inferq telegram …, inferq integrations …
 
 
 def _bin(name: str) -> str:
@@ -188,6 +194,7 @@ def up(
         "beat": subprocess.Popen(beat_argv()),
         "api": subprocess.Popen(api_argv(host, port)),
     }
+    _wait_until_serving(f"http://{host}:{port}/healthz", procs["api"])
     db = s.database_url.split("@")[-1] if "@" in s.database_url else s.database_url
     typer.echo(
         f"inferq API listening on http://{host}:{port}  (database: {db}, broker: "
@@ -218,6 +225,18 @@ def up(
                 p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    import httpx
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
 
 
 def main() -> None:

@@ -169,7 +169,7 @@ def _write_results_generic(session: Session, results: Sequence[ResultRow]) -> li
     stmt = (
         update(Prediction.__table__)  # type: ignore[arg-type]
         .where(Prediction.__table__.c.id == bindparam("b_id"))
-        .where(Prediction.__table__.c.status.in_(LIVE))
+        .where(or_(*(Prediction.__table__.c.status == v for v in LIVE)))
         .values(
             status=bindparam("b_status"),
             output=bindparam("b_output"),

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import predictions as crud
 from app.db.base import new_id, utcnow
+from app.db.engine import make_engine, make_sessionmaker, migrate
 from app.db.models import Prediction
+from app.settings import build_settings
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> sessionmaker[Session]:
+    """The store on Postgres and on the embedded SQLite default: the same semantics."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_sessions")  # type: ignore[no-any-return]
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(url)
+    return make_sessionmaker(make_engine(build_settings(database_url=url)))
 
 
 def add(sessions: sessionmaker[Session], n: int, **kw: object) -> list[str]:
@@ -35,64 +49,64 @@ def add(sessions: sessionmaker[Session], n: int, **kw: object) -> list[str]:
     return [r["id"] for r in rows]
 
 
-def test_writing_a_result_twice_changes_nothing(pg_sessions: sessionmaker[Session]) -> None:
-    ids = add(pg_sessions, 3)
+def test_writing_a_result_twice_changes_nothing(store: sessionmaker[Session]) -> None:
+    ids = add(store, 3)
     first = [crud.ResultRow(i, "succeeded", {"y": n}, batch_size=3) for n, i in enumerate(ids)]
-    with pg_sessions.begin() as s:
+    with store.begin() as s:
         assert {w.id for w in crud.write_results(session=s, results=first)} == set(ids)
     again = [crud.ResultRow(i, "succeeded", {"y": 99}, batch_size=1) for i in ids]
-    with pg_sessions.begin() as s:
+    with store.begin() as s:
         assert crud.write_results(session=s, results=again) == []
-    with pg_sessions() as s:
+    with store() as s:
         rows = {p.id: p for p in s.scalars(select(Prediction))}
     assert [rows[i].output for i in ids] == [{"y": 0}, {"y": 1}, {"y": 2}]
     assert all(rows[i].batch_size == 3 and rows[i].completed_at for i in ids)
 
 
-def test_claims_are_exclusive_until_the_lease_runs_out(pg_sessions: sessionmaker[Session]) -> None:
-    ids = add(pg_sessions, 4)
-    with pg_sessions.begin() as s:
+def test_claims_are_exclusive_until_the_lease_runs_out(store: sessionmaker[Session]) -> None:
+    ids = add(store, 4)
+    with store.begin() as s:
         assert {
             p.id for p in crud.claim(session=s, ids=ids[:2], lease=timedelta(seconds=60))
         } == set(ids[:2])
-    with pg_sessions.begin() as s:
+    with store.begin() as s:
         assert {p.id for p in crud.claim(session=s, ids=ids, lease=timedelta(seconds=60))} == set(
             ids[2:]
         )
-    with pg_sessions.begin() as s:  # a lease that ran out may be taken over
+    with store.begin() as s:  # a lease that ran out may be taken over
         s.execute(
             Prediction.__table__.update()
             .where(Prediction.id == ids[0])
             .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
-    with pg_sessions.begin() as s:
+    with store.begin() as s:
         assert [p.id for p in crud.claim(session=s, ids=ids, lease=timedelta(seconds=60))] == [
             ids[0]
         ]
 
 
 def test_cancelled_rows_are_never_claimed_or_overwritten(
-    pg_sessions: sessionmaker[Session],
+    store: sessionmaker[Session],
 ) -> None:
-    (pid,) = add(pg_sessions, 1)
-    with pg_sessions.begin() as s:
+    (pid,) = add(store, 1)
+    with store.begin() as s:
         assert crud.cancel_prediction(session=s, tenant="t", prediction_id=pid)
         assert not crud.cancel_prediction(session=s, tenant="other", prediction_id=pid)
-    with pg_sessions.begin() as s:
+    with store.begin() as s:
         assert crud.claim(session=s, ids=[pid], lease=timedelta(seconds=5)) == []
         assert crud.write_results(session=s, results=[crud.ResultRow(pid, "succeeded", {})]) == []
-    with pg_sessions() as s:
+    with store() as s:
         assert s.get(Prediction, pid).status == "cancelled"  # type: ignore[union-attr]
 
 
-def test_sweeper_finds_unpublished_stale_and_orphaned(pg_sessions: sessionmaker[Session]) -> None:
+def test_sweeper_finds_unpublished_stale_and_orphaned(store: sessionmaker[Session]) -> None:
     now = utcnow()
-    fresh = add(pg_sessions, 1)
-    unpublished = add(pg_sessions, 1, published_at=None)
-    old = add(pg_sessions, 1, published_at=now - timedelta(minutes=10))
-    orphan = add(pg_sessions, 1, status="running", lease_expires_at=now - timedelta(seconds=1))
-    held = add(pg_sessions, 1, status="running", lease_expires_at=now + timedelta(minutes=1))
-    with pg_sessions() as s:
+    fresh = add(store, 1)
+    unpublished = add(store, 1, published_at=None)
+    old = add(store, 1, published_at=now - timedelta(minutes=10))
+    orphan = add(store, 1, status="running", lease_expires_at=now - timedelta(seconds=1))
+    held = add(store, 1, status="running", lease_expires_at=now + timedelta(minutes=1))
+    with store() as s:
         found = {
             i
             for i, _, _ in crud.stale(session=s, now=now, requeue_before=now - timedelta(minutes=2))
