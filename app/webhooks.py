@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import httpx
 import orjson
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import predictions as crud
@@ -81,7 +81,7 @@ def outbox_hook(session: Session, written: list[crud.Written]) -> None:
         if w.callback_url
     ]
     if rows:
-        session.execute(WebhookDelivery.__table__.insert(), rows)
+        session.execute(insert(WebhookDelivery), rows)
 
 
 def enqueue_subject(
