@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
@@ -35,6 +34,10 @@ def extra_routers() -> list[Any]:
     return [importlib.import_module(f"api.routes.{n}").router for n in names if n not in core]
 
 
+STREAMED_PATHS: set[str] = set()
+"""Paths whose routes stream their body and enforce their own limit (job uploads)."""
+
+
 class BodyLimit:
     """Answer 413 to a body over ``limit`` bytes, by Content-Length or while it streams in."""
 
@@ -43,7 +46,7 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in STREAMED_PATHS:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
@@ -86,6 +89,34 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class Timing:
+    """Request latency by route into Prometheus (pure ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            HTTP_LATENCY.labels(
+                scope["method"], getattr(route, "path", "unmatched"), str(status)
+            ).observe(time.perf_counter() - start)
 
 
 def create_app(settings: Settings | None = None, *, publisher: Any = None) -> FastAPI:
@@ -140,18 +171,7 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
     for router in extra_routers():
         app.include_router(router)
 
-    @app.middleware("http")
-    async def timing(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        HTTP_LATENCY.labels(
-            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(Timing)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
