@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from app.settings import Settings, get_settings
+from workers.beat import schedule_entries
 
 
 def queue_name(settings: Settings, model: str) -> str:
@@ -73,7 +74,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
                 "task": "inferq.sweep",
                 "schedule": settings.sweep_interval_seconds,
                 "options": {"queue": f"{settings.queue_prefix}.maintenance", "expires": 60},
-            }
+            },
+            **schedule_entries(settings),
         },
     )
     app.conf.inferq_settings = settings

@@ -19,13 +19,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    insert,
     select,
+    text,
     update,
 )
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from app.db.base import Base, JSONType, UTCDateTime, new_id, utcnow
+from app.db.jobs import LIVE_JOB_STATUSES, Job
 
 
 class RunStatus(StrEnum):
@@ -220,11 +221,26 @@ def list_runs(*, session: Session, schedule_id: str, limit: int) -> list[Schedul
     )
 
 
+CLAIM_LOCK = 0x1F_5C_4E_D0
+"""Postgres advisory lock key that makes run claims take turns (they are tiny)."""
+
+
 def claim_run(*, session: Session, now: datetime) -> ScheduleRun | None:
-    """The oldest pending run, marked running (skipping runs another tick holds)."""
+    """The oldest pending run of a schedule that has no run going, marked running.
+
+    One run per schedule at a time: two runs of a SQL source must not read from the same
+    watermark. Claims take turns on an advisory lock so that each sees the one before it.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK})
+    other = aliased(ScheduleRun)
+    busy = select(other.schedule_id).where(other.status == RunStatus.running.value)
     run = session.scalars(
         select(ScheduleRun)
-        .where(ScheduleRun.status == RunStatus.pending.value)
+        .where(
+            ScheduleRun.status == RunStatus.pending.value,
+            ScheduleRun.schedule_id.not_in(busy),
+        )
         .order_by(ScheduleRun.created_at)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -265,6 +281,16 @@ def finish_run(*, session: Session, run_id: str, **values: Any) -> None:
 
 def runs_for_job(*, session: Session, job_id: str) -> list[ScheduleRun]:
     return list(session.scalars(select(ScheduleRun).where(ScheduleRun.job_id == job_id)).all())
+
+
+def promote_waiting_sinks(*, session: Session) -> None:
+    """Runs whose job has ended may now write their sink."""
+    ended = select(Job.id).where(Job.status.not_in(LIVE_JOB_STATUSES))
+    session.execute(
+        update(ScheduleRun)
+        .where(ScheduleRun.sink_status == "waiting", ScheduleRun.job_id.in_(ended))
+        .values(sink_status="pending")
+    )
 
 
 def claim_sink(*, session: Session) -> ScheduleRun | None:
@@ -329,11 +355,11 @@ def record_file(
     }
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:  # pragma: no cover - inferq runs on Postgres or SQLite
-        session.execute(insert(WatchedFile).values(**values))
-        return True
-    stmt = dialect_insert(WatchedFile).values(**values).on_conflict_do_nothing()
+        from sqlalchemy.dialects import postgresql
+
+        stmt = postgresql.insert(WatchedFile).values(**values).on_conflict_do_nothing()
+    else:  # SQLite, the embedded default
+        from sqlalchemy.dialects import sqlite
+
+        stmt = sqlite.insert(WatchedFile).values(**values).on_conflict_do_nothing()  # type: ignore[assignment]
     return session.execute(stmt.returning(WatchedFile.id)).first() is not None

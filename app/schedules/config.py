@@ -44,10 +44,10 @@ class ScheduleConfig:
             Path(p).expanduser().resolve() for p in roots_raw.split(os.pathsep) if p and p != "*"
         )
         return cls(
-            tick_seconds=float(env.get("INFERQ_SCHEDULE_TICK_SECONDS", cls.tick_seconds)),
+            tick_seconds=float(env.get("INFERQ_SCHEDULE_TICK_SECONDS", "5")),
             source_roots=() if "*" in roots_raw.split(os.pathsep) else roots,
-            settle_seconds=float(env.get("INFERQ_WATCH_SETTLE_SECONDS", cls.settle_seconds)),
-            runs_per_tick=int(env.get("INFERQ_SCHEDULE_RUNS_PER_TICK", cls.runs_per_tick)),
+            settle_seconds=float(env.get("INFERQ_WATCH_SETTLE_SECONDS", "2")),
+            runs_per_tick=int(env.get("INFERQ_SCHEDULE_RUNS_PER_TICK", "4")),
         )
 
     @property

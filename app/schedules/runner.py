@@ -10,7 +10,13 @@ or be retried, and a schedule still fires once per due time.
 A run reads its source, hands the rows to ``create_job`` (bulk jobs) and records, on the run
 and on the job, the provenance that makes it repeatable: schedule, data read (paths and sha256,
 or query, row count and watermarks), model name, version and sha256, inferq version, parameters.
-Runs missed while nothing ticked (beat down for an hour) are coalesced into one.
+Runs missed while nothing ticked (beat down for an hour) are coalesced into one. Runs of one
+schedule take turns, so two runs never read a SQL source from the same watermark.
+
+Sinks are written by the tick, not by a jobs finish hook: the hook runs inside the transaction
+that ends the job, where writing a million rows elsewhere does not belong, and a small job can
+end before its run has recorded the job id. The tick finds runs whose job has ended and writes
+their sink idempotently (see ``sinks``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +38,9 @@ from app.db.base import utcnow
 from app.db.engine import session_scope
 from app.db.schedules import RunStatus, Schedule, ScheduleRun
 from app.errors import InferqError, InvalidInput
+from app.jobs.ingest import JobPublisher
+from app.jobs.results import open_results
+from app.jobs.service import create_job
 from app.registry import ModelEntry, Registry
 from app.schedules import sinks, sources, watcher
 from app.schedules.config import ScheduleConfig
@@ -41,20 +50,16 @@ from app.views import iso
 
 log = logging.getLogger(__name__)
 
-ResultLines = Callable[[sessionmaker[Session], str], Iterable[bytes]]
-
 
 @dataclass
 class Ticker:
     """What a tick needs; workers build one at start-up."""
 
     sessions: sessionmaker[Session]
-    publisher: Any
+    publisher: JobPublisher
     registry: Registry
     settings: Settings
     cfg: ScheduleConfig
-    result_lines: ResultLines
-    """A job's stored result lines in input order (from the jobs package)."""
 
 
 @dataclass(slots=True)
@@ -118,8 +123,11 @@ def execute(t: Ticker, run_id: str) -> None:
         return
     try:
         outcome = _make_job(t, sched, run)
-    except InferqError as exc:
-        _finish(t, run, status=RunStatus.failed, error=exc.message)
+    except InferqError as exc:  # "empty_input": a CSV source with only its header
+        skipped = exc.code == "empty_input"
+        _finish(
+            t, run, status=RunStatus.skipped if skipped else RunStatus.failed, error=exc.message
+        )
         return
     except Exception as exc:
         log.exception("schedule run failed", extra={"run": run.id})
@@ -163,10 +171,8 @@ _END = object()
 def _make_job(
     t: Ticker, sched: Schedule, run: ScheduleRun
 ) -> tuple[str, dict[str, Any], Any] | None:
-    from app.jobs.service import create_job
-
     entry = t.registry.get(sched.model, sched.model_version)
-    read = open_source(t, sched, run)
+    read = open_source(t, sched, run, features=sources.feature_sets(entry.manifest))
     if read is None:
         return None
     first = next(read.lines, _END)
@@ -193,7 +199,9 @@ def _make_job(
     return job.id, provenance, read.watermark
 
 
-def open_source(t: Ticker, sched: Schedule, run: ScheduleRun) -> sources.Read | None:
+def open_source(
+    t: Ticker, sched: Schedule, run: ScheduleRun, *, features: list[list[str]]
+) -> sources.Read | None:
     """The run's data as a stream; None (the run is skipped) when no file matches."""
     src = sched.source
     if src["type"] == "file":
@@ -209,7 +217,7 @@ def open_source(t: Ticker, sched: Schedule, run: ScheduleRun) -> sources.Read | 
         if not paths:
             _finish(t, run, status=RunStatus.skipped, error=f"no file matches {src['path']}")
             return None
-        read = sources.read_files(paths, fmt)
+        read = sources.read_files(paths, fmt, features=features)
         read.data["path"] = src["path"]
         return read
     url = sources.database_url(src.get("url"), t.settings.database_url)
@@ -224,9 +232,11 @@ def open_source(t: Ticker, sched: Schedule, run: ScheduleRun) -> sources.Read | 
                 bound = sources.lowest(sources.probe(engine, query, column), column)
             finally:
                 engine.dispose()
-    read = sources.read_sql(url=url, query=query, watermark_column=column, watermark=bound)
-    read.data["watermark_from"] = sched.watermark if sched.watermark is not None else src.get(
-        "initial_watermark"
+    read = sources.read_sql(
+        url=url, query=query, watermark_column=column, watermark=bound, features=features
+    )
+    read.data["watermark_from"] = (
+        sched.watermark if sched.watermark is not None else src.get("initial_watermark")
     )
     return read
 
@@ -256,17 +266,6 @@ def run_provenance(
     }
 
 
-def mark_sinks_due(session: Session, job_id: str) -> None:
-    """The run of a job that just ended may now write its sink (a jobs finish hook)."""
-    from sqlalchemy import update
-
-    session.execute(
-        update(ScheduleRun)
-        .where(ScheduleRun.job_id == job_id, ScheduleRun.sink_status == "waiting")
-        .values(sink_status="pending")
-    )
-
-
 def write_sinks(t: Ticker, *, limit: int = 4) -> int:
     """Write the sinks of runs whose job has ended; a failure is recorded on the run."""
     written = 0
@@ -284,7 +283,7 @@ def write_sinks(t: Ticker, *, limit: int = 4) -> int:
                     raise InvalidInput("the schedule has no sink any more")
                 done = sinks.write(
                     sink,
-                    t.result_lines(t.sessions, run.job_id or ""),
+                    result_lines(t, run.tenant, run.job_id or ""),
                     names=names,
                     settings=t.settings,
                     cfg=t.cfg,
@@ -299,3 +298,12 @@ def write_sinks(t: Ticker, *, limit: int = 4) -> int:
                 log.warning("sink write failed", extra={"run": run.id, "error": message})
                 run.sink_status, run.sink_error = "failed", message[:2000]
     return written
+
+
+def result_lines(t: Ticker, tenant: str, job_id: str) -> Iterator[bytes]:
+    """An ended job's result lines (JSON objects), in input order."""
+    blocks = open_results(
+        sessions=t.sessions, registry=t.registry, tenant=tenant, job_id=job_id, fmt="jsonl"
+    )
+    for block in blocks:
+        yield from (line for line in block.split(b"\n") if line)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import schedules as crud
 from app.db.base import Base, new_id, utcnow
 from app.db.engine import session_scope
-from app.db.schedules import RunStatus, Schedule, ScheduleRun
+from app.db.schedules import Schedule, ScheduleRun
 from app.errors import Conflict, InvalidInput, NotFound
 from app.registry import Registry
 from app.schedules import sinks, sources
@@ -35,23 +35,38 @@ from app.views import iso
 
 
 def check(
-    values: dict[str, Any], *, registry: Registry, settings: Settings, cfg: ScheduleConfig
+    values: dict[str, Any],
+    *,
+    registry: Registry,
+    settings: Settings,
+    cfg: ScheduleConfig,
+    changed: set[str] | None = None,
 ) -> None:
-    """Raise ``InvalidInput`` (``UnknownModel``) unless ``values`` make a schedule that can run."""
+    """Raise ``InvalidInput`` (``UnknownModel``) unless ``values`` make a schedule that can run.
+
+    ``changed`` (a PATCH) limits the checks that need the world to the fields sent, so that a
+    schedule can be paused while its database is down or its model has gone.
+    """
     source = values["source"]
     watch = isinstance(source, FileSource) and source.watch
     if values.get("cron") is None:
         if not watch:
-            raise InvalidInput("cron: required (only a schedule that watches for files may omit it)")
+            raise InvalidInput(
+                "cron: required (only a schedule that watches for files may omit it)"
+            )
     else:
         values["cron"] = check_cron(values["cron"])
     check_timezone(values["timezone"])
-    registry.get(values["model"], values.get("model_version"))
-    _check_source(source, settings=settings, cfg=cfg)
-    if values.get("sink") is not None:
+    if changed is None or changed & {"model", "model_version"}:
+        registry.get(values["model"], values.get("model_version"))
+    if changed is None or "source" in changed:
+        _check_source(source, settings=settings, cfg=cfg)
+    if values.get("sink") is not None and (changed is None or "sink" in changed):
         _check_sink(values["sink"], settings=settings, cfg=cfg)
     url = values.get("callback_url")
-    if url is not None and (urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc):
+    if url is not None and (
+        urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc
+    ):
         raise InvalidInput("callback_url: must be an http(s) URL")
 
 
@@ -159,7 +174,7 @@ def update_schedule(
             "callback_url": sched.callback_url,
         }
         values.update(changes)
-        check(values, registry=registry, settings=settings, cfg=cfg)
+        check(values, registry=registry, settings=settings, cfg=cfg, changed=set(changes))
         if "name" in changes and crud.name_taken(
             session=s, tenant=tenant, name=values["name"], other_than=sched.id
         ):
@@ -177,7 +192,9 @@ def update_schedule(
 
 
 def _parse_source(raw: dict[str, Any]) -> FileSource | SqlSource:
-    return FileSource.model_validate(raw) if raw["type"] == "file" else SqlSource.model_validate(raw)
+    return (
+        FileSource.model_validate(raw) if raw["type"] == "file" else SqlSource.model_validate(raw)
+    )
 
 
 def _parse_sink(raw: dict[str, Any] | None) -> FileSink | TableSink | None:
@@ -193,6 +210,11 @@ def _get_locked(s: Session, tenant: str, schedule_id: str) -> Schedule:
     return sched
 
 
+def list_schedules(*, sessions: sessionmaker[Session], tenant: str) -> list[Schedule]:
+    with session_scope(sessions) as s:
+        return crud.list_schedules(session=s, tenant=tenant)
+
+
 def get_schedule(*, sessions: sessionmaker[Session], tenant: str, schedule_id: str) -> Schedule:
     with session_scope(sessions) as s:
         return _get_locked(s, tenant, schedule_id)
@@ -204,9 +226,7 @@ def delete_schedule(*, sessions: sessionmaker[Session], tenant: str, schedule_id
         s.delete(_get_locked(s, tenant, schedule_id))
 
 
-def request_run(
-    *, sessions: sessionmaker[Session], tenant: str, schedule_id: str
-) -> ScheduleRun:
+def request_run(*, sessions: sessionmaker[Session], tenant: str, schedule_id: str) -> ScheduleRun:
     """Queue a run now (the next tick carries it out), whether or not the schedule is enabled."""
     with session_scope(sessions) as s:
         sched = _get_locked(s, tenant, schedule_id)
@@ -272,6 +292,3 @@ def run_public(r: ScheduleRun) -> dict[str, Any]:
             sink["written_at"] = iso(r.sink_written_at)
         body["sink"] = sink
     return body
-
-
-LIVE_RUNS = (RunStatus.pending.value, RunStatus.running.value)

@@ -100,7 +100,7 @@ def _to_table(url: str, name: str, lines: Iterable[bytes], *, job_id: str) -> di
                 batch.append(
                     {
                         "job_id": job_id,
-                        "job_index": n,
+                        "job_index": obj.get("index", n),
                         "custom_id": obj.get("custom_id"),
                         "status": "failed" if obj.get("error") is not None else "succeeded",
                         "output": obj.get("output"),
@@ -121,5 +121,13 @@ def _to_table(url: str, name: str, lines: Iterable[bytes], *, job_id: str) -> di
 
 def path_for_check(template: str) -> str:
     """The sink path with its placeholders filled by dummies, to check it at creation."""
-    return template.replace("{", "").replace("}", "")
-
+    names = {"job_id": "job", "run_id": "run", "schedule_id": "sch", "date": "2000-01-01"}
+    try:
+        return template.format(**names)
+    except KeyError as exc:
+        raise InvalidInput(
+            f"sink.path: unknown placeholder {{{exc.args[0]}}}; use {{job_id}}, {{run_id}}, "
+            "{schedule_id} or {date}"
+        ) from exc
+    except (IndexError, ValueError) as exc:
+        raise InvalidInput(f"sink.path: {template!r} is not a valid path template") from exc

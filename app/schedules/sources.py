@@ -4,6 +4,12 @@ Everything is streamed: a file is read line by line (Parquet by record batch), a
 a server-side cursor, so a source of a million rows never sits in memory. What was read (file
 paths and sha256, the query, its row count and watermark) is recorded while it is read, so the
 provenance describes exactly the bytes and rows the job got.
+
+A SQL source's watermark is the highest value of its watermark column among the rows read; the
+next run binds it to ``:watermark``. To repeat a run, bind ``watermark_from`` and keep rows up to
+``watermark_to``. As with any high-water mark, a row committed later with a value at or below
+the mark (a long transaction's ``now()``) is not read: use a column set at commit order, such
+as a sequence, where that matters. Queries run in a read-only transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import glob
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +28,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from app.errors import InvalidInput
+from app.registry import Manifest
 from app.schedules.config import ScheduleConfig
 from app.schedules.specs import FileFormat
 
@@ -46,7 +53,6 @@ class Read:
     lines: Iterator[Any]
     data: dict[str, Any]
     watermark: Any = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 # --- paths ---------------------------------------------------------------------------------
@@ -101,11 +107,13 @@ def file_sha256(path: Path) -> str:
 # --- files ---------------------------------------------------------------------------------
 
 
-def read_files(paths: list[Path], fmt: FileFormat) -> Read:
+def read_files(
+    paths: list[Path], fmt: FileFormat, *, features: list[list[str]] | None = None
+) -> Read:
     """The rows of ``paths`` as one stream. CSV files must share their header."""
     data: dict[str, Any] = {"type": "file", "format": fmt, "files": []}
     if fmt == "parquet":
-        return Read("rows", _parquet_rows(paths, data["files"]), data)
+        return Read("rows", _parquet_rows(paths, data["files"], features), data)
     if fmt == "csv":
         headers = {_first_line(p) for p in paths}
         if len(headers) > 1:
@@ -118,7 +126,9 @@ def _first_line(path: Path) -> bytes:
         return f.readline().removeprefix(BOM).rstrip(b"\r\n")
 
 
-def _text_lines(paths: list[Path], fmt: FileFormat, record: list[dict[str, Any]]) -> Iterator[bytes]:
+def _text_lines(
+    paths: list[Path], fmt: FileFormat, record: list[dict[str, Any]]
+) -> Iterator[bytes]:
     for n, path in enumerate(paths):
         h, size, rows = hashlib.sha256(), 0, 0
         with path.open("rb") as f:
@@ -137,7 +147,9 @@ def _text_lines(paths: list[Path], fmt: FileFormat, record: list[dict[str, Any]]
         record.append({"path": str(path), "sha256": h.hexdigest(), "bytes": size, "rows": rows})
 
 
-def _parquet_rows(paths: list[Path], record: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _parquet_rows(
+    paths: list[Path], record: list[dict[str, Any]], features: list[list[str]] | None
+) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     for path in paths:
@@ -147,19 +159,38 @@ def _parquet_rows(paths: list[Path], record: list[dict[str, Any]]) -> Iterator[d
             for batch in pf.iter_batches(batch_size=BATCH_ROWS):
                 for rec in batch.to_pylist():
                     rows += 1
-                    yield to_row(rec)
+                    yield to_row(rec, features=features)
         finally:
             pf.close()
         size = path.stat().st_size
         record.append({"path": str(path), "sha256": sha, "bytes": size, "rows": rows})
 
 
-def to_row(record: dict[str, Any], drop: str | None = None) -> dict[str, Any]:
+def feature_sets(manifest: Manifest) -> list[list[str]]:
+    """Column sets that a tabular model's ``features`` may be spread over, as CSV uploads allow:
+    the model's feature names, or ``f0``..``f<n-1>``."""
+    if manifest.kind != "tabular":
+        return []
+    positional = [f"f{i}" for i in range(manifest.n_features or 0)]
+    return [manifest.feature_names, positional] if manifest.feature_names else [positional]
+
+
+def to_row(
+    record: dict[str, Any], drop: str | None = None, features: list[list[str]] | None = None
+) -> dict[str, Any]:
     """A table row as a job row: ``custom_id`` names it, ``input`` (or the other columns) is
-    the model input."""
+    the model input; a tabular model's feature columns become its ``features`` array."""
     rec = {k: v for k, v in record.items() if k != drop}
     custom_id = rec.pop("custom_id", None)
-    value = rec["input"] if set(rec) == {"input"} else rec
+    value: Any = rec
+    if set(rec) == {"input"}:
+        value = rec["input"]
+    elif features and "features" not in rec:
+        for names in features:
+            if set(names) <= set(rec):
+                rest = {k: v for k, v in rec.items() if k not in set(names)}
+                value = {"features": [rec[n] for n in names], **rest}
+                break
     row: dict[str, Any] = {"input": jsonable(value)}
     if custom_id is not None:
         row["custom_id"] = str(custom_id)
@@ -264,6 +295,7 @@ def read_sql(
     query: str,
     watermark_column: str | None,
     watermark: Any,
+    features: list[list[str]] | None = None,
 ) -> Read:
     """Stream the rows of ``query`` (bound to ``:watermark``) in a read-only transaction."""
     engine = sql_engine(url)
@@ -276,12 +308,17 @@ def read_sql(
         "rows": 0,
     }
     read = Read("rows", iter(()), data)
-    read.lines = _sql_rows(engine, query, watermark_column, watermark, read)
+    read.lines = _sql_rows(engine, query, watermark_column, watermark, read, features)
     return read
 
 
 def _sql_rows(
-    engine: Engine, query: str, column: str | None, watermark: Any, read: Read
+    engine: Engine,
+    query: str,
+    column: str | None,
+    watermark: Any,
+    read: Read,
+    features: list[list[str]] | None,
 ) -> Iterator[dict[str, Any]]:
     params = {"watermark": watermark} if ":watermark" in query else {}
     high: Any = None
@@ -299,7 +336,7 @@ def _sql_rows(
                     if value is not None and (high is None or value > high):
                         high = value
                 rows += 1
-                yield to_row(dict(rec), drop=column)
+                yield to_row(dict(rec), drop=column, features=features)
     finally:
         engine.dispose()
     read.data["rows"] = rows
