@@ -19,7 +19,6 @@ from app.batching import BatchItem, DynamicBatcher, Outcome
 from app.db import predictions as crud
 from app.db.base import utcnow
 from app.db.engine import session_scope
-from app.db.models import Prediction
 from app.registry import Registry
 from app.runtime.adapters import Adapter, load_adapter
 from app.settings import Settings
@@ -101,7 +100,7 @@ class ModelExecutor:
             except Exception:
                 log.exception("after-commit hook failed")
 
-    def run_rows(self, rows: Sequence[Prediction], *, timeout: float = 600.0) -> MessageReport:
+    def run_rows(self, rows: Sequence[crud.Claimed], *, timeout: float = 600.0) -> MessageReport:
         """Run ``rows`` (claimed by this worker) through the batcher; return once all are stored.
 
         Raises whatever the store raised (the message is then retried, not acknowledged).
@@ -211,7 +210,7 @@ class ExecutorPool:
         lease = timedelta(seconds=self.settings.lease_seconds)
         with session_scope(self.sessions) as s:
             rows = crud.claim(session=s, ids=ids, lease=lease)
-        by_version: dict[str, list[Prediction]] = {}
+        by_version: dict[str, list[crud.Claimed]] = {}
         for r in rows:
             if r.model == model:
                 by_version.setdefault(r.model_version, []).append(r)

@@ -72,7 +72,14 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
 def _warm(sender: Any = None, **_: Any) -> None:
     """Build the context (and every model's session) before the first message arrives."""
     ctx = get_context(celery_app)
+    prefix = f"{ctx.settings.queue_prefix}."
+    try:
+        consumed = {q.name for q in sender.task_consumer.queues}
+    except AttributeError:
+        consumed = {prefix + n for n in ctx.registry.names()}
     for name in ctx.registry.names():
+        if prefix + name not in consumed:
+            continue  # not this worker's model: do not hold its session in memory
         try:
             ctx.executors.get(name)
         except Exception:

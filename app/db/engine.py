@@ -7,12 +7,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+# orjson for JSON columns: outputs (384 floats per embedding) are the bulk of what we store.
+JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
 def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool = False) -> Engine:
@@ -28,7 +37,9 @@ def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool =
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **JSON_CODEC
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -47,6 +58,7 @@ def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool =
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args=connect_args,
+        **JSON_CODEC,
     )
 
 

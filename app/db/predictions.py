@@ -38,6 +38,8 @@ class Written:
     tenant: str
     callback_url: str | None
     job_id: str | None
+    integration: str | None = None
+    """The integration that asked for it (``metadata.integration``), if any."""
 
 
 def insert_predictions(*, session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -94,24 +96,36 @@ def _claimable(now: datetime) -> Any:
     )
 
 
-def claim(*, session: Session, ids: Sequence[str], lease: timedelta) -> list[Prediction]:
+@dataclass(slots=True)
+class Claimed:
+    """What a worker needs of a prediction it just claimed."""
+
+    id: str
+    model: str
+    model_version: str
+    input: Any
+    priority: int
+    deadline_at: datetime | None
+
+
+def claim(*, session: Session, ids: Sequence[str], lease: timedelta) -> list[Claimed]:
     """Take the runnable ones of ``ids`` (queued, or running under a lease that ran out):
     mark them running under a new lease and return them. Cancelled, finished and
     otherwise-held rows are left alone, so a message delivered twice runs nothing twice."""
     now = utcnow()
+    t = Prediction.__table__.c
     stmt = (
-        update(Prediction)
-        .where(Prediction.id.in_(list(ids)), _claimable(now))
+        update(Prediction.__table__)  # type: ignore[arg-type]
+        .where(t.id.in_(list(ids)), _claimable(now))
         .values(
             status=Status.running.value,
             started_at=now,
             lease_expires_at=now + lease,
-            attempts=Prediction.attempts + 1,
+            attempts=t.attempts + 1,
         )
-        .returning(Prediction)
-        .execution_options(synchronize_session=False)
+        .returning(t.id, t.model, t.model_version, t.input, t.priority, t.deadline_at)
     )
-    return list(session.scalars(stmt).all())
+    return [Claimed(*row) for row in session.execute(stmt)]
 
 
 _PG_WRITE = text(
@@ -124,7 +138,7 @@ _PG_WRITE = text(
         id text, status text, output jsonb, error_code text, error_message text,
         batch_size int, run_ms float8)
     WHERE p.id = v.id AND p.status IN ('queued', 'running')
-    RETURNING p.id, p.tenant, p.callback_url, p.job_id
+    RETURNING p.id, p.tenant, p.callback_url, p.job_id, p.metadata ->> 'integration'
     """
 )
 
@@ -153,16 +167,20 @@ def write_results(*, session: Session, results: Sequence[ResultRow]) -> list[Wri
             option=orjson.OPT_SERIALIZE_NUMPY,
         ).decode()
         rows = session.execute(_PG_WRITE, {"rows": payload}).all()
-        return [Written(r[0], r[1], r[2], r[3]) for r in rows]
+        return [Written(r[0], r[1], r[2], r[3], r[4]) for r in rows]
     return _write_results_generic(session, results)
 
 
 def _write_results_generic(session: Session, results: Sequence[ResultRow]) -> list[Written]:
     ids = [r.id for r in results]
     live = session.execute(
-        select(Prediction.id, Prediction.tenant, Prediction.callback_url, Prediction.job_id).where(
-            Prediction.id.in_(ids), Prediction.status.in_(LIVE)
-        )
+        select(
+            Prediction.id,
+            Prediction.tenant,
+            Prediction.callback_url,
+            Prediction.job_id,
+            Prediction.metadata_,
+        ).where(Prediction.id.in_(ids), Prediction.status.in_(LIVE))
     ).all()
     live_ids = {r[0] for r in live}
     now = utcnow()
@@ -198,7 +216,16 @@ def _write_results_generic(session: Session, results: Sequence[ResultRow]) -> li
     ]
     if params:
         session.connection().execute(stmt, params)
-    return [Written(r[0], r[1], r[2], r[3]) for r in live]
+    return [
+        Written(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            (r[4] or {}).get("integration") if isinstance(r[4], dict) else None,
+        )
+        for r in live
+    ]
 
 
 def notify_done(*, session: Session, ids: Sequence[str]) -> None:

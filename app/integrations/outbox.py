@@ -120,8 +120,8 @@ def _replies(integ: Integration | None, pred: Prediction | None, data: dict[str,
 def write_hook(session: Session, written: Sequence[Any]) -> None:
     """Executor write hook: ``complete`` under a savepoint, so a failure here (say, a missing
     table) costs the answers, which ``reconcile`` makes later, never the batch."""
-    ids = [w.id for w in written]
-    if not ids:
+    ids = [w.id for w in written if getattr(w, "integration", None)]
+    if not ids:  # most batches come from the API or jobs: nothing to answer, no query
         return
     try:
         with session.begin_nested():
