@@ -45,7 +45,7 @@ def predict(model: str, item: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]
 def _load_models(**_: Any) -> None:
     for model in filter(None, os.environ.get("BENCH_NAIVE_MODELS", "").split(",")):
         _adapter(model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -85,7 +85,7 @@ def machine_busy_seconds() -> tuple[float, float]:
 class CpuMeter:
     """CPU seconds per group of processes between ``start()`` and ``stop()``."""
 
-    def __init__(self, groups: dict[str, PidSource]) -> None:
+    def __init__(self, groups: Mapping[str, PidSource]) -> None:
         self.groups = groups
         self._start: dict[str, dict[int, float]] = {}
         self._machine = (0.0, 0.0)

@@ -1,5 +1,8 @@
 """Sampling profiles of the API and worker processes with py-spy, summarised for the report.
 
+py-spy samples only the thread holding the GIL (``--gil``): that is where Python spends CPU;
+native work that releases the GIL (ONNX Runtime's kernels, waiting on a socket) is not in it,
+and threads blocked on a lock are not counted as busy.
 ``py-spy record --format raw`` writes collapsed stacks (``frame;frame;... count``); the summary
 attributes each sample to the package of its innermost frame ("self" time) and counts every
 function on the stack once ("inclusive" time), which is what "where does the time go" asks.
@@ -29,7 +32,7 @@ def py_spy() -> str | None:
 class PySpy:
     """``with PySpy(pid, out):`` samples ``pid`` (non-blocking) until the block ends."""
 
-    def __init__(self, pid: int, out: Path, *, rate: int = 100) -> None:
+    def __init__(self, pid: int, out: Path, *, rate: int = 250) -> None:
         self.pid = pid
         self.out = out
         self.rate = rate
@@ -52,6 +55,7 @@ class PySpy:
             "--output",
             str(self.out),
             "--nonblocking",
+            "--gil",
         ]
         with self.log.open("wb") as fh:
             self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
@@ -69,45 +73,61 @@ class PySpy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        if self.out.is_file():  # py-spy's chatter is only worth keeping when it failed
+            self.log.unlink(missing_ok=True)
+
+
+OWN = ("app", "api", "workers", "bench")
 
 
 def _package(path: str) -> str:
-    """``site-packages/sqlalchemy/orm/x.py`` -> ``sqlalchemy``; ``app/executor.py`` -> ``app.executor``."""
-    if "site-packages/" in path:
-        rest = path.split("site-packages/", 1)[1]
-        return rest.split("/", 1)[0].removesuffix(".py")
-    if "/lib/python3" in path:
-        return "stdlib:" + path.rsplit("/", 1)[-1].removesuffix(".py")
-    parts = Path(path).with_suffix("").parts
-    for root in ("app", "api", "workers", "bench"):
-        if root in parts:
-            return ".".join(parts[parts.index(root) :])
-    return path.rsplit("/", 1)[-1]
+    """``sqlalchemy/orm/x.py`` -> ``sqlalchemy``; ``app/executor.py`` -> ``app.executor``.
+
+    py-spy names files relative to their ``sys.path`` entry; a bare ``threading.py`` is stdlib.
+    """
+    parts = path.removesuffix(".py").split("/")
+    if parts[0] in OWN:
+        return ".".join(parts)
+    if len(parts) == 1:
+        return f"stdlib {parts[0]}"
+    return parts[0]
 
 
 def summarize(raw_file: Path, *, top: int = 15) -> dict[str, Any]:
-    """Top packages by self samples and top functions by inclusive samples, in % of all."""
+    """Where the samples go, in % of all samples.
+
+    ``self_by_package``: the package of the innermost frame; ``self_by_function``: the innermost
+    function; ``inclusive_own``: inferq's own functions (``app``/``api``/``workers``) counted
+    once per sample they are on the stack of.
+    """
     if not raw_file.is_file():
         return {"error": f"no profile at {raw_file}"}
     by_package: Counter[str] = Counter()
+    by_function: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
     for line in raw_file.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
             continue
-        count = int(count_s)
-        total += count
-        frames = [m for f in stack.split(";") if (m := FRAME.match(f))]
+        frames = [m for f in stack.split(";") if (m := FRAME.match(f.strip()))]
         if not frames:
             continue
+        count = int(count_s)
+        total += count
         leaf = frames[-1]
         by_package[_package(leaf["file"])] += count
-        seen = {f"{_package(m['file'])}:{m['func']}" for m in frames}
-        for name in seen:
+        by_function[f"{_package(leaf['file'])}:{leaf['func']}"] += count
+        own = {f"{_package(m['file'])}:{m['func']}" for m in frames if m["file"].startswith(OWN)}
+        for name in own:
             inclusive[name] += count
 
     def pct(c: Counter[str]) -> list[tuple[str, float]]:
-        return [(k, round(100.0 * v / total, 1)) for k, v in c.most_common(top)]
+        return [(k, round(100.0 * v / total, 1)) for k, v in c.most_common(top)] if total else []
 
-    return {"samples": total, "self_by_package": pct(by_package), "inclusive": pct(inclusive)}
+    return {
+        "samples": total,
+        "self_by_package": pct(by_package),
+        "self_by_function": pct(by_function),
+        "inclusive_own": pct(inclusive),
+    }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
@@ -62,8 +62,15 @@ class RawResult:
         }
 
 
-def _load(spec: RawSpec) -> tuple[Any, Any, list[Any]]:
-    """(run one batch, provider, prepared inputs sorted by length) in this process."""
+Feeds = dict[str, Any]
+
+
+def _load(
+    spec: RawSpec,
+) -> tuple[Callable[[Sequence[Any]], Feeds], Callable[[Feeds], None], str, list[Any]]:
+    """(make a batch's feeds, run them, the provider, prepared inputs sorted by length)."""
+    import numpy as np
+
     from app.registry import Registry
     from app.runtime.adapters import TabularAdapter, TextAdapter, load_adapter
 
@@ -74,29 +81,27 @@ def _load(spec: RawSpec) -> tuple[Any, Any, list[Any]]:
     n_features = entry.manifest.n_features or 12
     prepared = adapter.prepare(inputs_for(entry.manifest.kind, spec.n_items, n_features=n_features))
     prepared.sort(key=adapter.length)
-    session = adapter.session
+    feeds: Callable[[Sequence[Any]], Feeds]
     if isinstance(adapter, TextAdapter):
-        names = adapter.output_names
+        session, names, feeds = adapter.session, adapter.output_names, adapter.feeds
+    elif isinstance(adapter, TabularAdapter):
+        tab = adapter
+        session, names = tab.session, [tab.output_name]
 
-        def feeds(batch: Sequence[Any]) -> dict[str, Any]:
-            return adapter.feeds(batch)
+        def feeds(batch: Sequence[Any]) -> Feeds:
+            return {tab.input_name: np.stack(batch)}
 
     else:
-        assert isinstance(adapter, TabularAdapter)
-        names = [adapter.output_name]
-        import numpy as np
+        raise TypeError(f"no raw runner for {type(adapter).__name__}")
 
-        def feeds(batch: Sequence[Any]) -> dict[str, Any]:
-            return {adapter.input_name: np.stack(batch)}
-
-    def run(batch_feeds: dict[str, Any]) -> None:
+    def run(batch_feeds: Feeds) -> None:
         session.run(names, batch_feeds)
 
-    return (run, feeds), session.get_providers()[0], prepared
+    return feeds, run, session.get_providers()[0], prepared
 
 
 def _child(conn: Connection, rank: int, procs: int, spec: RawSpec, barrier: Barrier) -> None:
-    (run, feeds), provider, prepared = _load(spec)
+    feeds, run, provider, prepared = _load(spec)
     conn.send(provider)
     while True:
         batch = conn.recv()

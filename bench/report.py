@@ -106,13 +106,29 @@ def _f(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _split(s: dict[str, Any]) -> str:
+    """The stored timestamps' view of a median request (see ``scenarios.Sample``)."""
+    b = s.get("breakdown_p50_ms")
+    return "" if not b else ", ".join(f"{k} {_f(v)} ms" for k, v in b.items())
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None
+    return float(f"{a / b:.3g}") if a and b else None
+
+
+def _r(value: float | None) -> str:
+    """A ratio: two decimals, or two significant digits when it is tiny (tabular vs raw)."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value >= 0.01 else f"{value:.1e}"
 
 
 def ratios(m: dict[str, Any]) -> dict[str, Any]:
-    """``online/raw``, ``bulk/raw``, ``online/naive`` and the added latency, where measured."""
-    raw = (m.get("raw") or {}).get("best")
+    """``online/raw``, ``bulk/raw``, ``online/naive`` and the added latency, where measured.
+
+    ``raw`` is the ceiling: the best of the multi-process and the one-process sweeps.
+    """
+    raw = max((m.get(k) or {}).get("best") or 0.0 for k in ("raw", "raw_1proc")) or None
     online = (m.get("online") or {}).get("items_per_s")
     bulk = (m.get("bulk") or {}).get("items_per_s")
     naive = (m.get("naive") or {}).get("items_per_s")
@@ -139,12 +155,13 @@ def _model_table(name: str, m: dict[str, Any]) -> list[str]:
     if raw:
         lines.append(
             f"| raw ({raw['procs']} proc) | {_f(raw['best'])} | | {raw['best_batch']} | "
-            f"provider {raw['provider']}; by batch: {raw['items_per_s']} |"
+            f"provider {raw['provider']}; single item (1 proc) "
+            f"{_f(m.get('single_item_ms'), 3)} ms; by batch: {raw['items_per_s']} |"
         )
-    if raw1:
+    if raw1 and raw1.get("procs") != raw.get("procs"):
         lines.append(
             f"| raw (1 proc, reference) | {_f(raw1['best'])} | | {raw1['best_batch']} | "
-            f"single item {_f(m.get('single_item_ms'), 3)} ms; by batch: {raw1['items_per_s']} |"
+            f"by batch: {raw1['items_per_s']} |"
         )
     for key, label in (("naive", "naive"), ("online", "online")):
         s = m.get(key)
@@ -156,14 +173,15 @@ def _model_table(name: str, m: dict[str, Any]) -> list[str]:
             )
             lines.append(
                 f"| {label} | {_f(s['items_per_s'])} | {lat} | {_f(s.get('mean_batch'), 2)} | "
-                f"n={s.get('n')} {s.get('note', '')} |"
+                f"n={s.get('n')} {_split(s)} |"
             )
     light = m.get("online_light")
     if light:
         lines.append(
             f"| online-light | {_f(light['rate_per_s'])} offered | {_f(light['p50_ms'])} / "
             f"{_f(light['p95_ms'])} / {_f(light['p99_ms'])} | {_f(light.get('mean_batch'), 2)} | "
-            f"added p50 {_f(light['added_p50_ms'])} ms, p99 {_f(light['added_p99_ms'])} ms |"
+            f"added p50 {_f(light['added_p50_ms'])} ms, p99 {_f(light['added_p99_ms'])} ms; "
+            f"p50 split {_split(light)} |"
         )
     bulk = m.get("bulk")
     if bulk and "skipped" in bulk:
@@ -192,6 +210,26 @@ def _cpu_table(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _profiles(results: dict[str, Any], top: int = 8) -> list[str]:
+    lines: list[str] = []
+    for name, m in results.items():
+        for proc, prof in (m.get("profile") or {}).items():
+            if "error" in prof:
+                lines.append(f"- {name} {proc}: {prof['error']}")
+                continue
+
+            def join(key: str, prof: dict[str, Any] = prof) -> str:
+                return ", ".join(f"{k} {v}%" for k, v in prof[key][:top])
+
+            lines += [
+                f"- **{name}, {proc}** during `online` ({prof['samples']} samples holding the GIL)",
+                f"  - self, by package: {join('self_by_package')}",
+                f"  - self, by function: {join('self_by_function')}",
+                f"  - inferq functions, inclusive: {join('inclusive_own')}",
+            ]
+    return ["Profiles (py-spy):", "", *lines, ""] if lines else []
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     meta, machine = doc["meta"], doc["meta"]["machine"]
     gpus = "; ".join(machine["gpus"]) or "none"
@@ -217,11 +255,20 @@ def render_markdown(doc: dict[str, Any]) -> str:
     for name, m in doc["models"].items():
         r = m["ratios"]
         lines.append(
-            f"| {name} | {_f(r['online/raw'], 2)} | {_f(r['bulk/raw'], 2)} | "
-            f"{_f(r['online/naive'], 2)} | {_f(r['added_p50_ms'])} / {_f(r['added_p99_ms'])} |"
+            f"| {name} | {_r(r['online/raw'])} | {_r(r['bulk/raw'])} | "
+            f"{_r(r['online/naive'])} | {_f(r['added_p50_ms'])} / {_f(r['added_p99_ms'])} |"
         )
+    lines += [
+        "",
+        "raw = the better of the multi-process and the one-process sweeps; added latency = "
+        "online-light latency minus the model's single-item time (raw, 1 process, batch 1).",
+    ]
+    idle = meta.get("idle_cpu_ms_per_s")
+    if idle:
+        lines.append(f"CPU the idle stack uses (ms per second): {idle}.")
     lines.append("")
     lines += _cpu_table(doc["models"])
+    lines += _profiles(doc["models"])
     return "\n".join(lines)
 
 

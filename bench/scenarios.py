@@ -1,6 +1,6 @@
 """The scenarios that go through inferq's HTTP API: ``online``, ``online-light``, ``bulk``.
 
-``online``: K concurrent clients (asyncio + httpx) each POST one input to ``/v1/predictions``
+``online``: K concurrent clients (asyncio, a minimal HTTP/1.1 client or httpx) each POST one input to ``/v1/predictions``
 and long-poll ``GET /v1/predictions/{id}?wait=30`` until it is final, then take the next input.
 ``online-light``: the same request, but arriving as a Poisson process at a fixed rate (open
 loop), so latency is measured without a queue in front of the model. ``bulk``: one
@@ -16,16 +16,17 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
 import orjson
 
+from bench.http import JsonClient, make_client
 from bench.procstat import RssSampler, memory_kib
 
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
 JOB_FINAL = {"succeeded", "failed", "cancelled"}
-JSON_HEADERS = {"content-type": "application/json"}
 
 
 class BenchError(RuntimeError):
@@ -38,10 +39,25 @@ class Sample:
     done: float
     status: str
     batch_size: int | None
+    queued_ms: float | None = None
+    """``created_at`` -> ``started_at``: API flush, publish, broker, batch forming, claim."""
+    running_ms: float | None = None
+    """``started_at`` -> ``completed_at``: the batch's run and the start of its write."""
 
     @property
     def latency_ms(self) -> float:
         return (self.done - self.started) * 1000.0
+
+
+def _stamps(doc: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(queued, running) milliseconds from a final prediction's timestamps."""
+    try:
+        created, started, completed = (
+            datetime.fromisoformat(doc[k]) for k in ("created_at", "started_at", "completed_at")
+        )
+    except (KeyError, TypeError, ValueError):
+        return None, None
+    return (started - created).total_seconds() * 1e3, (completed - started).total_seconds() * 1e3
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,26 +71,20 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def _client(base_url: str, connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits)
-
-
-async def _predict(client: httpx.AsyncClient, model: str, item: dict[str, Any]) -> Sample:
+async def _predict(client: JsonClient, model: str, item: dict[str, Any]) -> Sample:
     """POST one input, long-poll it until final."""
     t0 = time.perf_counter()
-    body = orjson.dumps({"model": model, "input": item})
-    r = await client.post("/v1/predictions", content=body, headers=JSON_HEADERS)
-    if r.status_code != 202:
-        raise BenchError(f"POST /v1/predictions answered {r.status_code}: {r.text[:300]}")
-    pid = r.json()["id"]
+    status, doc = await client.request("POST", "/v1/predictions", {"model": model, "input": item})
+    if status != 202:
+        raise BenchError(f"POST /v1/predictions answered {status}: {str(doc)[:300]}")
+    path = f"/v1/predictions/{doc['id']}?wait=30"
     while True:
-        g = await client.get(f"/v1/predictions/{pid}", params={"wait": "30"})
-        if g.status_code != 200:
-            raise BenchError(f"GET /v1/predictions/{pid} answered {g.status_code}: {g.text[:300]}")
-        doc = g.json()
+        status, doc = await client.request("GET", path)
+        if status != 200:
+            raise BenchError(f"GET {path} answered {status}: {str(doc)[:300]}")
         if doc["status"] in FINAL:
-            return Sample(t0, time.perf_counter(), doc["status"], doc.get("batch_size"))
+            done = time.perf_counter()
+            return Sample(t0, done, doc["status"], doc.get("batch_size"), *_stamps(doc))
 
 
 def _latency_figures(samples: list[Sample]) -> dict[str, Any]:
@@ -83,8 +93,15 @@ def _latency_figures(samples: list[Sample]) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     for s in samples:
         statuses[s.status] = statuses.get(s.status, 0) + 1
+    timed = [s for s in samples if s.queued_ms is not None and s.running_ms is not None]
+    rest = [s.latency_ms - (s.queued_ms or 0) - (s.running_ms or 0) for s in timed]
     return {
         "n": len(samples),
+        "breakdown_p50_ms": {
+            "queued": round(percentile([s.queued_ms or 0 for s in timed], 0.5), 2),
+            "running": round(percentile([s.running_ms or 0 for s in timed], 0.5), 2),
+            "http_commit_notify": round(percentile(rest, 0.5), 2),
+        },
         "p50_ms": round(percentile(lat, 0.50), 2),
         "p95_ms": round(percentile(lat, 0.95), 2),
         "p99_ms": round(percentile(lat, 0.99), 2),
@@ -94,18 +111,21 @@ def _latency_figures(samples: list[Sample]) -> dict[str, Any]:
 
 
 async def _closed_loop(
-    base_url: str, model: str, inputs: list[dict[str, Any]], clients: int
+    base_url: str, model: str, inputs: list[dict[str, Any]], clients: int, http: str
 ) -> tuple[list[Sample], float]:
     todo = iter(inputs)
     samples: list[Sample] = []
-    async with _client(base_url, clients + 4) as client:
+    client = make_client(http, base_url, clients + 4)
 
-        async def worker() -> None:
-            for item in todo:
-                samples.append(await _predict(client, model, item))
+    async def worker() -> None:
+        for item in todo:
+            samples.append(await _predict(client, model, item))
 
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    try:
         await asyncio.gather(*(worker() for _ in range(clients)))
+    finally:
+        await client.aclose()
     return samples, t0
 
 
@@ -116,12 +136,14 @@ def online(
     *,
     clients: int,
     warmup: int,
+    http: str = "mini",
     during: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> dict[str, Any]:
     """``online``: items/s from the first POST to the last stored result, latencies, batch."""
-    asyncio.run(_closed_loop(base_url, model, inputs[:warmup], clients))
+    if warmup:
+        asyncio.run(_closed_loop(base_url, model, inputs[:warmup], clients, http))
     with during():
-        samples, t0 = asyncio.run(_closed_loop(base_url, model, inputs, clients))
+        samples, t0 = asyncio.run(_closed_loop(base_url, model, inputs, clients, http))
     elapsed = max(s.done for s in samples) - t0
     return {
         "items_per_s": round(len(samples) / elapsed, 1),
@@ -132,10 +154,11 @@ def online(
 
 
 async def _open_loop(
-    base_url: str, model: str, inputs: list[dict[str, Any]], rate: float, seed: int
+    base_url: str, model: str, inputs: list[dict[str, Any]], rate: float, seed: int, http: str
 ) -> list[Sample]:
     rng = random.Random(seed)
-    async with _client(base_url, 256) as client:
+    client = make_client(http, base_url, 256)
+    try:
         tasks = []
         due = time.perf_counter()
         for item in inputs:
@@ -145,6 +168,8 @@ async def _open_loop(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(_predict(client, model, item)))
         return list(await asyncio.gather(*tasks))
+    finally:
+        await client.aclose()
 
 
 def online_light(
@@ -154,10 +179,11 @@ def online_light(
     *,
     rate: float,
     single_item_ms: float,
+    http: str = "mini",
     seed: int = 7,
 ) -> dict[str, Any]:
     """``online-light``: Poisson arrivals at ``rate``/s; latency minus the model's own time."""
-    samples = asyncio.run(_open_loop(base_url, model, inputs, rate, seed))
+    samples = asyncio.run(_open_loop(base_url, model, inputs, rate, seed, http))
     figures = _latency_figures(samples)
     span = max(s.started for s in samples) - min(s.started for s in samples)
     return {
@@ -216,7 +242,7 @@ def bulk(
             done = counts.get("succeeded", 0) + counts.get("failed", 0)
             if doc.get("status") in JOB_FINAL or (counts and done >= counts.get("total", -1)):
                 break
-            time.sleep(0.1)
+            time.sleep(0.05)
         else:
             raise BenchError(f"job {job['id']} not done after {timeout}s: {doc}")
         elapsed = time.perf_counter() - t0

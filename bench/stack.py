@@ -145,12 +145,12 @@ def migrate(url: str) -> None:
 
 def purge_queues(broker_url: str, queues: list[str]) -> None:
     """Delete ``queues`` so the broker does not keep what a benchmark left."""
-    from kombu import Connection
+    from kombu.connection import Connection
 
     if not broker_url.startswith(("redis://", "amqp://", "rediss://")):
         return
     try:
-        with Connection(broker_url, connect_timeout=3) as conn:
+        with Connection(broker_url, connect_timeout=3) as conn:  # type: ignore[no-untyped-call]
             channel = conn.default_channel
             for q in queues:
                 try:
