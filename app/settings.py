@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = 256
     """Most ``inputs`` in one ``POST /v1/predictions``."""
 
+    max_job_upload_bytes: int = 4 << 30
+    """Largest file a ``POST /v1/jobs`` upload may stream in (413 above); inline ``inputs``
+    stay under ``max_body_bytes``."""
+
+    job_chunk_lines: int = 0
+    """Inputs per chunk of a bulk job; 0: 4096 for tabular models, 8 model batches for text."""
+
+    job_batch_tokens: int = 512
+    """Padded tokens per model batch of a bulk job's text (0: only ``max_batch_size`` counts).
+    On CPU a batch whose activations fit the cache runs faster than a bigger one; raise it on
+    a GPU."""
+
     lease_seconds: float = 60.0
     """How long a worker owns a running request before the sweeper hands it to another."""
 

@@ -47,6 +47,12 @@ class CeleryPublisher:
             "inferq.predict", args=[model, list(ids)], queue=queue_name(self.settings, model)
         )
 
+    def publish_job_chunk(self, model: str, job_id: str, seq: int) -> None:
+        """``app.jobs.ingest.JobPublisher``: one ``inferq.job_chunk`` message per chunk."""
+        self.celery.send_task(
+            "inferq.job_chunk", args=[job_id, seq], queue=queue_name(self.settings, model)
+        )
+
 
 @dataclass
 class WorkerContext:

@@ -94,7 +94,7 @@ class JobChunk(Base):
     start_index: Mapped[int] = mapped_column(Integer)
     n_lines: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=ChunkStatus.queued.value)
-    lines: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    lines: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
     """The chunk's input records, ``\\n``-separated, exactly as uploaded."""
     results: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
     """One JSON result line per input, ``\\n``-separated, in input order."""

@@ -1,8 +1,9 @@
 """Taking a job in: a stream of bytes becomes stored, published chunks, with flat memory.
 
-``JobWriter`` is fed blocks of the upload as they arrive; every few chunks it commits them and
-publishes one message per chunk, so workers start on a big file while it is still uploading. The
-job ends only once it is sealed (every chunk stored), so an early chunk finishing cannot end it.
+``JobWriter`` is fed blocks of the upload as they arrive; each chunk is committed and published
+(one message per chunk) as soon as it is full, so workers start on a big file while it is still
+uploading. The job ends only once it is sealed (every chunk stored), so an early chunk finishing
+cannot end it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import delete
+from sqlalchemy import delete, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import __version__
@@ -22,15 +23,14 @@ from app.db.jobs import ChunkStatus, Job, JobStatus
 from app.errors import InvalidInput, PayloadTooLarge
 from app.jobs import lines as L
 from app.jobs import store
+from app.jobs.lifecycle import end_job_if_complete
 from app.registry import ModelEntry
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TABULAR_CHUNK = 4096
-TEXT_CHUNK_BATCHES = 16
-FLUSH_CHUNKS = 4
-FLUSH_BYTES = 4 << 20
+TEXT_CHUNK_BATCHES = 8
 
 
 @runtime_checkable
@@ -66,8 +66,10 @@ class JobWriter:
         schedule_id: str | None = None,
         sink: dict[str, Any] | None = None,
         max_bytes: int | None = None,
+        check_first: bool = True,
     ) -> None:
         self.sessions = sessions
+        self.check_first = check_first
         self.publisher = publisher
         self.settings = settings
         self.entry = entry
@@ -83,7 +85,6 @@ class JobWriter:
         self.columns: list[str] | None = None
         self._pending: list[bytes] = []
         self._ready: list[dict[str, Any]] = []
-        self._ready_bytes = 0
         m = entry.manifest
         self.job = Job(
             id=new_id("job"),
@@ -99,6 +100,7 @@ class JobWriter:
             updated_at=utcnow(),
         )
         self._stored = False
+        self._broker_down = False
 
     @property
     def job_id(self) -> str:
@@ -111,7 +113,7 @@ class JobWriter:
             raise PayloadTooLarge(f"the file is over the limit of {self.max_bytes} bytes")
         self.sha.update(data)
         self._take(self.splitter.feed(data))
-        if len(self._ready) >= FLUSH_CHUNKS or self._ready_bytes >= FLUSH_BYTES:
+        if self._ready:
             self._flush()
 
     def _take(self, records: list[bytes]) -> None:
@@ -121,7 +123,7 @@ class JobWriter:
             self.columns = L.parse_header(records[0])
             L.csv_plan(self.columns, self.entry.manifest)
             records = records[1:]
-        elif self.total == 0 and not self._pending and self.fmt == "jsonl":
+        elif self.check_first and self.fmt == "jsonl" and self.total == 0 and not self._pending:
             L.check_first_line(records[0], self.filename)
         self._pending.extend(records)
         n = self.chunk_lines
@@ -146,25 +148,35 @@ class JobWriter:
         )
         self.seq += 1
         self.total += len(records)
-        self._ready_bytes += len(blob)
 
     def _store_job(self, s: Session) -> None:
+        """Insert the job row on the first write; later, mark it alive (see ``sweep``)."""
         if not self._stored:
             self.job.columns = self.columns
             s.add(self.job)
             s.flush()
             self._stored = True
+        else:
+            s.execute(update(Job).where(Job.id == self.job.id).values(updated_at=utcnow()))
 
     def _take_ready(self, s: Session) -> list[int]:
-        now = utcnow()
-        rows, self._ready, self._ready_bytes = self._ready, [], 0
+        """Insert the chunks cut so far; those the broker will not get are left unpublished."""
+        published = None if self._broker_down else utcnow()
+        rows, self._ready = self._ready, []
         for r in rows:
-            r["published_at"] = now
+            r["published_at"] = published
         store.insert_chunks(session=s, rows=rows)
-        return [r["seq"] for r in rows]
+        return [] if self._broker_down else [r["seq"] for r in rows]
 
     def _flush(self) -> None:
+        """Store and publish the chunks cut so far, so workers start while the upload goes on.
+
+        These commits need not wait for the disk: nothing is promised to the caller before
+        ``finish``, whose (synchronous) commit makes everything before it durable too.
+        """
         with session_scope(self.sessions) as s:
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SET LOCAL synchronous_commit = off"))
             self._store_job(s)
             seqs = self._take_ready(s)
         self._publish(seqs)
@@ -174,6 +186,7 @@ class JobWriter:
             try:
                 self.publisher.publish_job_chunk(self.job.model, self.job.id, seq)
             except Exception as exc:
+                self._broker_down = True  # the rest of this job waits for the sweeper
                 log.warning(
                     "publish failed; the sweeper will publish again",
                     extra={"job": self.job.id, "chunks": len(seqs) - i, "error": repr(exc)},
@@ -200,8 +213,6 @@ class JobWriter:
         if self.filename is not None or source.get("type") == "upload":
             source["sha256"] = self.sha.hexdigest()
         record = self._provenance(source, provenance)
-        from app.jobs.service import end_job_if_complete
-
         with session_scope(self.sessions) as s:
             self._store_job(s)
             seqs = self._take_ready(s)
@@ -212,7 +223,9 @@ class JobWriter:
                 chunks=self.seq,
                 provenance=record,
             )
-            end_job_if_complete(s, job)  # all chunks ran before the seal: the sweeper sends its webhook
+            # every chunk may have run before the seal: then it ends here (the sweeper sends
+            # its webhook, this process has no dispatcher)
+            end_job_if_complete(s, job)
         self._publish(seqs)
         log.info(
             "job accepted",
@@ -220,9 +233,7 @@ class JobWriter:
         )
         return job
 
-    def _provenance(
-        self, source: dict[str, Any], extra: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    def _provenance(self, source: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
         m = self.entry.manifest
         base: dict[str, Any] = {
             "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
@@ -230,10 +241,14 @@ class JobWriter:
             "source": source,
             "parameters": {
                 "chunk_lines": self.chunk_lines,
+                "batch_tokens": self.settings.job_batch_tokens,
                 "max_text_chars": self.settings.max_text_chars,
             },
         }
-        return {**base, **(extra or {})}
+        extra = dict(extra or {})
+        if isinstance(extra.get("source"), dict):
+            extra["source"] = {**source, **extra["source"]}
+        return {**base, **extra}
 
     def abort(self) -> None:
         """Drop whatever was stored of a job whose input failed half-way."""

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 
 from app.errors import InvalidInput
@@ -72,10 +73,14 @@ class RecordSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The records completed by ``data``."""
-        if not self._started and data:
+        data = self._carry + data
+        if not self._started:
+            if len(data) < len(BOM) and BOM.startswith(data):
+                self._carry = data  # maybe the start of a byte order mark: wait for more
+                return []
             self._started = True
             data = data.removeprefix(BOM)
-        parts = (self._carry + data).split(b"\n")
+        parts = data.split(b"\n")
         self._carry = parts.pop()
         return self._records(parts)
 
@@ -142,18 +147,20 @@ def csv_plan(columns: list[str], manifest: Manifest) -> CsvPlan:
         raise InvalidInput(f"the CSV header repeats a column: {columns}")
     cid = index.get("custom_id")
     if manifest.kind == "tabular":
-        n = manifest.n_features or 0
-        names = manifest.feature_names or [f"f{i}" for i in range(n)]
+        positional = [f"f{i}" for i in range(manifest.n_features or 0)]
+        names = manifest.feature_names or positional
         if "features" in index:
             wanted, build = {"features"}, _features_json(index["features"])
         else:
-            wanted, build = set(names), _feature_columns([index.get(c, -1) for c in names])
+            if not set(names) <= set(index) and set(positional) <= set(index):
+                names = positional
+            wanted, build = set(names), _feature_columns(names, [index.get(c, -1) for c in names])
             missing = [c for c in names if c not in index]
             if missing:
                 raise InvalidInput(
                     f"the CSV header lacks column(s) {', '.join(missing)}; model "
-                    f"{manifest.name!r} needs {', '.join(names)} (or one 'features' column "
-                    "holding a JSON array)"
+                    f"{manifest.name!r} needs {', '.join(names)} (or f0..f{len(names) - 1}, "
+                    "or one 'features' column holding a JSON array)"
                 )
     else:
         if "text" not in index:
@@ -192,17 +199,15 @@ def _features_json(i: int) -> Callable[[list[str]], dict[str, Any]]:
     return build
 
 
-def _feature_columns(idx: list[int]) -> Callable[[list[str]], dict[str, Any]]:
+def _feature_columns(names: list[str], idx: list[int]) -> Callable[[list[str]], dict[str, Any]]:
     def build(row: list[str]) -> dict[str, Any]:
         out: list[float] = []
-        for k, i in enumerate(idx):
+        for name, i in zip(names, idx, strict=True):
             cell = row[i].strip()
             try:
                 out.append(float(cell))
             except ValueError:
-                raise InvalidInput(
-                    f"feature {k} ({cell[:30]!r}) is not a number", code="invalid_input"
-                ) from None
+                raise InvalidInput(f"column {name!r}: {cell[:30]!r} is not a number") from None
         return {"features": out}
 
     return build
@@ -228,24 +233,63 @@ def parse_chunk(
     """Parse and validate every record of a chunk; a bad record fails alone."""
     records = split_records(blob, fmt)
     plan = csv_plan(columns or [], manifest) if fmt == "csv" else None
-    out = ParsedChunk([], [], [])
-    for rec in records:
-        cid: str | None = None
+    n = len(records)
+    out = ParsedChunk([None] * n, [None] * n, [None] * n)
+    values: list[tuple[int, Any]] = []
+    for i, rec in enumerate(records):
         try:
             if plan is None:
-                cid, value = _jsonl_record(rec)
+                obj = _json_object(rec)
+                out.custom_ids[i] = _custom_id(obj)
+                values.append((i, _unwrap(obj)))
             else:
                 cid, value = _csv_record(rec, plan)
-            inp = validate_input(manifest, value, max_text_chars=max_text_chars)
+                out.custom_ids[i] = cid
+                values.append((i, value))
         except InvalidInput as exc:
-            out.custom_ids.append(cid)
-            out.inputs.append(None)
-            out.errors.append({"code": exc.code, "message": exc.message})
-            continue
-        out.custom_ids.append(cid)
-        out.inputs.append(inp)
-        out.errors.append(None)
+            out.errors[i] = {"code": exc.code, "message": exc.message}
+    if manifest.kind == "tabular":
+        values = _features_fast(values, records, manifest.n_features or 0, out)
+    for i, value in values:
+        try:
+            out.inputs[i] = validate_input(manifest, value, max_text_chars=max_text_chars)
+        except InvalidInput as exc:
+            out.errors[i] = {"code": exc.code, "message": exc.message}
     return out
+
+
+def _features_fast(
+    values: list[tuple[int, Any]], records: list[bytes], n: int, out: ParsedChunk
+) -> list[tuple[int, Any]]:
+    """Validate well-formed ``{"features": [n numbers]}`` inputs as one numpy matrix; return
+    the rest, to be validated one by one (with the precise error message)."""
+    fast: list[int] = []
+    rows: list[list[Any]] = []
+    slow: list[tuple[int, Any]] = []
+    for i, value in values:
+        feats = value.get("features") if type(value) is dict and len(value) == 1 else None
+        rec = records[i]
+        if type(feats) is list and len(feats) == n and b"true" not in rec and b"false" not in rec:
+            fast.append(i)
+            rows.append(feats)
+        else:
+            slow.append((i, value))
+    if not rows:
+        return slow
+    try:
+        matrix = np.array(rows)
+    except (ValueError, TypeError):
+        return values
+    if matrix.dtype.kind not in "iuf" or matrix.shape != (len(rows), n):
+        return values
+    matrix = matrix.astype(np.float64, copy=False)
+    finite = np.isfinite(matrix).all(axis=1)
+    for k, i in enumerate(fast):
+        if finite[k]:
+            out.inputs[i] = {"features": matrix[k]}
+        else:
+            slow.append((i, {"features": rows[k]}))
+    return slow
 
 
 def custom_ids(blob: bytes, *, fmt: InputFormat, columns: list[str] | None) -> list[str | None]:
@@ -265,31 +309,37 @@ def custom_ids(blob: bytes, *, fmt: InputFormat, columns: list[str] | None) -> l
     return ids
 
 
-def _jsonl_record(rec: bytes) -> tuple[str | None, Any]:
+def _json_object(rec: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(rec)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the line is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise InvalidInput("the line must be a JSON object")
-    cid = _custom_id(obj)
+    return obj
+
+
+def _unwrap(obj: dict[str, Any]) -> Any:
+    """The model input of a line: its ``input``, or the line itself less its custom_id."""
     if "input" in obj:
+        if len(obj) == 1 or (len(obj) == 2 and "custom_id" in obj):
+            return obj["input"]
         extra = sorted(set(obj) - {"custom_id", "input"})
         if extra:
             raise InvalidInput(
                 f"the line has unknown field(s) {', '.join(extra)} next to 'input'; "
                 "allowed: custom_id, input"
             )
-        return cid, obj["input"]
+        return obj["input"]
     if "custom_id" in obj:
-        obj = {k: v for k, v in obj.items() if k != "custom_id"}
-    return cid, obj
+        return {k: v for k, v in obj.items() if k != "custom_id"}
+    return obj
 
 
 def _custom_id(obj: dict[str, Any]) -> str | None:
     cid = obj.get("custom_id")
-    if cid is None:
-        return None
+    if cid is None or (type(cid) is str and len(cid) <= MAX_CUSTOM_ID):
+        return cid
     if isinstance(cid, bool) or not isinstance(cid, str | int):
         raise InvalidInput("custom_id must be a string")
     cid = str(cid)

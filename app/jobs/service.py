@@ -6,29 +6,27 @@ The public face of ``app.jobs``: the API, the CLI's server side and the schedule
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.base import utcnow
 from app.db.engine import session_scope
 from app.db.jobs import Job, JobStatus
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, NotFound
 from app.jobs import store
 from app.jobs.ingest import JobPublisher, JobWriter
+from app.jobs.lifecycle import JOB_FINISHED_HOOKS, JobHook, end_job
 from app.jobs.lines import InputFormat
 from app.registry import Registry
 from app.settings import Settings
 from app.views import iso
-from app.webhooks import BODY_LOADERS, enqueue_subject
+from app.webhooks import BODY_LOADERS
 
 log = logging.getLogger(__name__)
 
-JobHook = Callable[[Session, Job], None]
-JOB_FINISHED_HOOKS: list[JobHook] = []
-"""Called in the transaction that marks a job final (succeeded, failed or cancelled)."""
+__all__ = ["JOB_FINISHED_HOOKS", "JobHook", "create_job", "job_public", "open_job"]
 
 BLOCK_BYTES = 1 << 20
 
@@ -48,6 +46,7 @@ def open_job(
     schedule_id: str | None = None,
     sink: dict[str, Any] | None = None,
     max_bytes: int | None = None,
+    check_first: bool = True,
 ) -> JobWriter:
     """A writer for a new job, to ``feed`` blocks of input and then ``finish``.
 
@@ -66,6 +65,7 @@ def open_job(
         schedule_id=schedule_id,
         sink=sink,
         max_bytes=max_bytes,
+        check_first=check_first,
     )
 
 
@@ -84,14 +84,18 @@ def create_job(
     schedule_id: str | None = None,
     provenance: dict[str, Any] | None = None,
     sink: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Job:
     """Store a job and publish its chunks; returns it once committed (status ``queued``).
 
     Parameters: ``lines`` are JSONL lines (bytes) or parsed rows (dicts), each the model's input
     or ``{"custom_id", "input"}``; for ``fmt="csv"``, CSV lines starting with the header.
-    ``provenance`` is merged over what the job records itself (model, sha256, inferq version,
-    source). Raises ``UnknownModel``, ``InvalidInput`` (no input, a CSV header that does not fit
-    the model).
+    ``source`` describes the input (default ``{"type": fmt}``); ``provenance`` is merged over
+    what the job records itself (model name, version and sha256, inferq version, source with
+    its line count, size and sha256, parameters).
+
+    Raises: ``UnknownModel``; ``InvalidInput`` (no input, a CSV header that does not fit the
+    model).
     """
     writer = open_job(
         sessions=sessions,
@@ -105,27 +109,29 @@ def create_job(
         model_version=model_version,
         schedule_id=schedule_id,
         sink=sink,
+        check_first=fmt != "rows",
     )
     try:
-        for block in _blocks(lines):
+        for block in _blocks(lines, rows=fmt == "rows"):
             writer.feed(block)
-        return writer.finish({"type": fmt}, provenance)
+        return writer.finish(source or {"type": fmt}, provenance)
     except BaseException:
         writer.abort()
         raise
 
 
-def _blocks(items: Iterable[bytes] | Iterable[dict[str, Any]]) -> Iterator[bytes]:
-    """Lines (or rows, dumped as JSON) joined into blocks of about a mebibyte."""
+def _blocks(items: Iterable[bytes] | Iterable[dict[str, Any]], *, rows: bool) -> Iterator[bytes]:
+    """Lines joined into blocks of about a mebibyte. With ``rows``, every item but bytes is a
+    value to dump as JSON (a str is a JSON string); otherwise a str is a line of text."""
     buf: list[bytes] = []
     size = 0
     for item in items:
         if isinstance(item, bytes | bytearray | memoryview):
             line = bytes(item)
-        elif isinstance(item, str):
+        elif isinstance(item, str) and not rows:
             line = item.encode()
         else:
-            line = orjson.dumps(item)
+            line = orjson.dumps(item, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
         buf.append(line if line.endswith(b"\n") else line + b"\n")
         size += len(line)
         if size >= BLOCK_BYTES:
@@ -142,6 +148,14 @@ def get_job(*, sessions: sessionmaker[Session], tenant: str, job_id: str) -> Job
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
+
+
+def list_jobs(
+    *, sessions: sessionmaker[Session], tenant: str, limit: int, schedule_id: str | None = None
+) -> list[Job]:
+    """The tenant's newest jobs first (of one schedule, if given)."""
+    with session_scope(sessions) as s:
+        return store.list_jobs(session=s, tenant=tenant, limit=limit, schedule_id=schedule_id)
 
 
 def cancel_job(*, sessions: sessionmaker[Session], tenant: str, job_id: str) -> Job:
@@ -161,46 +175,6 @@ def cancel_job(*, sessions: sessionmaker[Session], tenant: str, job_id: str) -> 
         end_job(s, job, JobStatus.cancelled)
     log.info("job cancelled", extra={"job": job_id, "lines": lines})
     return job
-
-
-def end_job_if_complete(session: Session, job: Job) -> list[str]:
-    """End ``job`` when its last chunk has run; returns the webhook deliveries to send."""
-    if not store.is_complete(job):
-        return []
-    ok = job.succeeded > 0 or job.failed == 0
-    return end_job(session, job, JobStatus.succeeded if ok else JobStatus.failed)
-
-
-def end_job(session: Session, job: Job, status: JobStatus) -> list[str]:
-    """Mark ``job`` final, queue its webhook and run the finished-job hooks, in ``session``."""
-    now = utcnow()
-    job.status = status.value
-    job.completed_at = now
-    job.updated_at = now
-    session.flush()
-    deliveries = []
-    if job.callback_url:
-        deliveries.append(
-            enqueue_subject(
-                session,
-                tenant=job.tenant,
-                subject_type="job",
-                subject_id=job.id,
-                url=job.callback_url,
-            )
-        )
-    for hook in JOB_FINISHED_HOOKS:
-        hook(session, job)
-    log.info(
-        "job ended",
-        extra={
-            "job": job.id,
-            "status": job.status,
-            "succeeded": job.succeeded,
-            "failed": job.failed,
-        },
-    )
-    return deliveries
 
 
 def job_public(job: Job) -> dict[str, Any]:

@@ -101,37 +101,53 @@ def seal(
     return job
 
 
-def claim_chunk(*, session: Session, job_id: str, seq: int, lease: timedelta) -> Claim | None:
-    """Own a chunk that is queued (or whose lease ran out); None when another worker has it."""
+def claim_chunk(
+    *, session: Session, job_id: str, seq: int | None, lease: timedelta
+) -> Claim | None:
+    """Own chunk ``seq`` (or, with None, the job's first queued chunk) if it is queued or its
+    lease ran out; None when there is none to own."""
     now = utcnow()
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued.value)
         .values(status=JobStatus.running.value, started_at=now, updated_at=now)
     )
+    runnable = or_(
+        JobChunk.status == QUEUED,
+        and_(JobChunk.status == RUNNING, JobChunk.lease_expires_at < now),
+    )
+    if seq is None:
+        seq_of = (
+            select(JobChunk.seq)
+            .where(JobChunk.job_id == job_id, JobChunk.status == QUEUED)
+            .order_by(JobChunk.seq)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        which = and_(JobChunk.seq == seq_of, JobChunk.status == QUEUED)
+    else:
+        which = and_(JobChunk.seq == seq, runnable)
     row = session.execute(
         update(JobChunk)
-        .where(
-            JobChunk.job_id == job_id,
-            JobChunk.seq == seq,
-            or_(
-                JobChunk.status == QUEUED,
-                and_(JobChunk.status == RUNNING, JobChunk.lease_expires_at < now),
-            ),
-        )
+        .where(JobChunk.job_id == job_id, which)
         .values(status=RUNNING, attempts=JobChunk.attempts + 1, lease_expires_at=now + lease)
-        .returning(JobChunk.attempts, JobChunk.start_index, JobChunk.n_lines, JobChunk.lines)
+        .returning(
+            JobChunk.seq,
+            JobChunk.attempts,
+            JobChunk.start_index,
+            JobChunk.n_lines,
+            JobChunk.lines,
+        )
     ).first()
     if row is None:
         return None
     job = session.execute(
-        select(Job.model, Job.model_version, Job.input_format, Job.columns).where(
-            Job.id == job_id
-        )
+        select(Job.model, Job.model_version, Job.input_format, Job.columns).where(Job.id == job_id)
     ).first()
     if job is None:  # pragma: no cover - the chunk row would be gone with its job
         return None
-    return Claim(job_id, seq, row[0], row[1], row[2], bytes(row[3]), *job)
+    return Claim(job_id, row[0], row[1], row[2], row[3], bytes(row[4]), *job)
 
 
 def extend_lease(
