@@ -77,6 +77,11 @@ def _check_source(
         sources.resolve_path(source.path, cfg, where="source.path")
         sources.file_format(source.path, source.format, where="source.format")
         return
+    if source.url is None and settings.auth_enabled:
+        raise InvalidInput(
+            "source.url: required when API keys are on; a tenant's query never runs on "
+            "inferq's own database, where other tenants' data lives"
+        )
     query = sources.check_query(source.query)
     if source.watermark_column is not None and ":watermark" not in query:
         raise InvalidInput("source.query: filter on :watermark when watermark_column is set")
@@ -95,8 +100,11 @@ def _check_sink(sink: FileSink | TableSink, *, settings: Settings, cfg: Schedule
     if isinstance(sink, FileSink):
         sources.resolve_path(sinks.path_for_check(sink.path), cfg, where="sink.path")
         return
+    if sink.url is None and settings.auth_enabled:
+        raise InvalidInput("sink.url: required when API keys are on (not inferq's own database)")
     own = {t.name for t in Base.metadata.sorted_tables}
-    if sink.url is None and sink.table.split(".")[-1] in own:
+    url = (sink.url or settings.database_url).replace("postgresql://", "postgresql+psycopg://")
+    if url == settings.database_url and sink.table.split(".")[-1] in own:
         raise InvalidInput(f"sink.table: {sink.table!r} is one of inferq's own tables")
 
 

@@ -198,14 +198,37 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("case", "change", "message"), BAD, ids=[c[0] for c in BAD])
 def test_bad_schedule_is_422_with_a_message(
-    api: TestClient, roots: Path, case: str, change: dict[str, Any], message: str
+    api: TestClient, roots: Path, pg_url: str, case: str, change: dict[str, Any], message: str
 ) -> None:
+    change = {**change}
+    for key in ("source", "sink"):  # with API keys on, SQL sources and table sinks name a URL
+        part = change.get(key)
+        if isinstance(part, dict) and part.get("type") in ("sql", "table"):
+            change[key] = {"url": pg_url, **part}
     r = api.post("/v1/schedules", json=body(roots, **change), headers=A)
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["code"] in ("invalid_input", "unknown_model")
     assert err["message"].startswith(message), err["message"]
     assert api.get("/v1/schedules", headers=A).json() == {"schedules": []}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"source": {"type": "sql", "query": "SELECT name AS text FROM schedules"}},
+            "source.url: required",
+        ),
+        ({"sink": {"type": "table", "table": "scores"}}, "sink.url: required"),
+    ],
+)
+def test_with_api_keys_no_tenant_query_runs_on_inferqs_own_database(
+    api: TestClient, roots: Path, change: dict[str, Any], message: str
+) -> None:
+    r = api.post("/v1/schedules", json=body(roots, **change), headers=A)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"].startswith(message)
 
 
 @pytest.mark.parametrize(
@@ -222,13 +245,13 @@ def test_a_body_that_is_not_a_json_object_is_422(api: TestClient, raw: bytes, me
     assert r.json()["error"]["message"].startswith(message)
 
 
-def test_a_bad_patch_changes_nothing(api: TestClient, roots: Path) -> None:
+def test_a_bad_patch_changes_nothing(api: TestClient, roots: Path, pg_url: str) -> None:
     s = api.post("/v1/schedules", json=body(roots), headers=A).json()
     for patch, message in [
         ({"cron": "nope"}, "cron: 'nope' must have five fields"),
         ({"name": None}, "name: must not be null"),
         (
-            {"source": {"type": "sql", "query": "UPDATE x SET y = 1"}},
+            {"source": {"type": "sql", "url": pg_url, "query": "UPDATE x SET y = 1"}},
             "source.query: must be one SELECT",
         ),
         ({"timezone": "Nowhere"}, "timezone: unknown time zone 'Nowhere'"),
@@ -247,7 +270,7 @@ def test_a_schedule_can_be_paused_while_its_source_database_is_down(
     engine = create_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE api_src (body text)"))
-    source = {"type": "sql", "query": "SELECT body AS text FROM api_src"}
+    source = {"type": "sql", "url": pg_url, "query": "SELECT body AS text FROM api_src"}
     s = api.post("/v1/schedules", json=body(roots, source=source), headers=A).json()
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE api_src"))
