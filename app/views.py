@@ -12,8 +12,11 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def prediction_public(p: Prediction) -> dict[str, Any]:
-    """The body of ``GET /v1/predictions/{id}``; absent fields are left out, not null."""
+def prediction_public(p: Prediction | Any) -> dict[str, Any]:
+    """The body of ``GET /v1/predictions/{id}``; absent fields are left out, not null.
+
+    ``p`` is a ``Prediction`` or a row with the same attribute names.
+    """
     body: dict[str, Any] = {
         "id": p.id,
         "status": p.status,

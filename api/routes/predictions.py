@@ -16,7 +16,6 @@ from api.metrics import SUBMITTED
 from api.responses import JSON
 from api.schemas import PredictionCreate
 from app import service
-from app.db.engine import session_scope
 from app.db.models import Prediction, Status
 from app.errors import InvalidInput, NotFound
 from app.views import iso, prediction_public
@@ -100,21 +99,47 @@ async def submit(rt: Runtime, sub: service.Submission) -> list[Prediction] | Non
     return replay
 
 
-def load_many(rt: Runtime, ids: list[str]) -> list[Prediction | None]:
+# What a read needs: the public fields and the tenant. Plain rows, not ORM objects: a long-poll
+# read is the API's hottest query.
+READ_COLUMNS = [
+    getattr(Prediction, name)
+    for name in (
+        "id",
+        "tenant",
+        "status",
+        "model",
+        "model_version",
+        "created_at",
+        "output",
+        "error_code",
+        "error_message",
+        "started_at",
+        "completed_at",
+        "batch_size",
+        "priority",
+        "metadata_",
+        "job_id",
+        "custom_id",
+    )
+]
+
+
+def load_many(rt: Runtime, ids: list[str]) -> list[Any]:
     """One SELECT for many reads (the loader coalescer's flush)."""
-    with session_scope(rt.sessions) as s:
-        found = {p.id: p for p in s.scalars(select(Prediction).where(Prediction.id.in_(ids)))}
+    with rt.engine.connect() as conn:
+        rows = conn.execute(select(*READ_COLUMNS).where(Prediction.id.in_(ids)))
+        found = {r.id: r for r in rows}
     return [found.get(i) for i in ids]
 
 
-async def _load(rt: Runtime, tenant: str, pid: str) -> Prediction:
+async def _load(rt: Runtime, tenant: str, pid: str) -> Any:
     if rt.loader is not None:
         p = await rt.loader.submit(pid)
     else:
         p = (await run_in_threadpool(load_many, rt, [pid]))[0]
     if p is None or p.tenant != tenant:
         raise NotFound(f"prediction {pid} not found")
-    return p  # type: ignore[no-any-return]
+    return p
 
 
 @router.get("/predictions/{prediction_id}")
@@ -125,23 +150,24 @@ async def get_prediction(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
 ) -> JSON:
     """A prediction's state and result; ``?wait=<s>`` holds the answer until it is final."""
-    p = await _load(rt, tenant, prediction_id)
-    if wait > 0 and not Status(p.status).is_final:
-        p = await _wait_final(rt, tenant, p, wait)
-    return JSON(prediction_public(p))
+    if wait <= 0:
+        return JSON(prediction_public(await _load(rt, tenant, prediction_id)))
+    return JSON(prediction_public(await _wait_final(rt, tenant, prediction_id, wait)))
 
 
-async def _wait_final(rt: Runtime, tenant: str, p: Prediction, wait: float) -> Prediction:
-    """Wait for a NOTIFY naming ``p`` (or poll, without Postgres), at most ``wait`` seconds."""
+async def _wait_final(rt: Runtime, tenant: str, pid: str, wait: float) -> Any:
+    """Read ``pid`` until it is final or ``wait`` seconds have passed, woken by the NOTIFY that
+    names it (polling without Postgres). Subscribed before the first read, so a result stored
+    in between is never missed and a long-poll costs two reads."""
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
 
     def wake(_: str) -> None:
         loop.call_soon_threadsafe(event.set)
 
-    rt.hub.subscribe(p.id, wake)
+    rt.hub.subscribe(pid, wake)
     try:
-        p = await _load(rt, tenant, p.id)  # it may have ended meanwhile
+        p = await _load(rt, tenant, pid)
         end = loop.time() + wait
         interval = 1.0 if rt.hub.enabled else 0.05
         while not Status(p.status).is_final:
@@ -154,9 +180,9 @@ async def _wait_final(rt: Runtime, tenant: str, p: Prediction, wait: float) -> P
                 if not rt.hub.enabled:
                     interval = min(interval * 1.5, 0.5)
             event.clear()
-            p = await _load(rt, tenant, p.id)
+            p = await _load(rt, tenant, pid)
     finally:
-        rt.hub.unsubscribe(p.id, wake)
+        rt.hub.unsubscribe(pid, wake)
     return p
 
 
