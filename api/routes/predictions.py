@@ -102,7 +102,7 @@ async def submit(rt: Runtime, sub: service.Submission) -> list[Prediction] | Non
 # What a read needs: the public fields and the tenant. Plain rows, not ORM objects: a long-poll
 # read is the API's hottest query.
 READ_COLUMNS = [
-    getattr(Prediction, name)
+    getattr(Prediction, name).label(name)
     for name in (
         "id",
         "tenant",
