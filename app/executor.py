@@ -64,6 +64,7 @@ class ModelExecutor:
             max_batch_size=b.max_batch_size,
             max_delay_ms=b.max_delay_ms,
             length_buckets=b.length_buckets,
+            max_batch_tokens=b.max_batch_tokens,
             sink=self._store,
             writer=ThreadPoolExecutor(
                 settings.writer_threads, thread_name_prefix=f"writer-{adapter.entry.manifest.name}"

@@ -33,6 +33,10 @@ class Batching(BaseModel):
     """Longest the oldest queued item waits for a batch to fill."""
     length_buckets: list[int] = Field(default_factory=list)
     """Sequence-length bucket edges (tokens); items of one batch come from one bucket."""
+    max_batch_tokens: int = Field(0, ge=0)
+    """Most padded tokens (items x longest) in one batch; 0: no limit. On CPU a transformer's
+    cost per item rises with the batch's size past a few hundred tokens (caches), so text
+    models cap batches by tokens as well as by count."""
 
 
 class Manifest(BaseModel):

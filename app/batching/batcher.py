@@ -65,6 +65,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_delay_ms: float,
         length_buckets: Sequence[int] = (),
+        max_batch_tokens: int = 0,
         sink: Sink | None = None,
         admit: Admit | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -78,6 +79,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.edges = sorted(length_buckets)
+        self.max_batch_tokens = max_batch_tokens
         self.sink = sink
         self.admit = admit
         self.clock = clock
@@ -153,7 +155,7 @@ class DynamicBatcher:
                 continue
             oldest = min(i.enqueued_at for i in items)
             due_at = oldest + self.max_delay
-            if len(items) >= self.max_batch_size or due_at <= now:
+            if self._full(items) or due_at <= now:
                 rank = (min(i.priority for i in items), oldest)
                 if best_rank is None or rank < best_rank:
                     best_key, best_rank = key, rank
@@ -162,9 +164,30 @@ class DynamicBatcher:
         if best_key is None:
             return None, None if next_due is None else max(next_due - now, 0.0)
         items = sorted(self._buckets[best_key], key=lambda i: (i.priority, i.enqueued_at, i.seq))
-        batch, rest = items[: self.max_batch_size], items[self.max_batch_size :]
+        n = self._fit(items)
+        batch, rest = items[:n], items[n:]
         self._buckets[best_key] = rest
         return batch, None
+
+    def _full(self, items: list[BatchItem]) -> bool:
+        """Enough waiting to fill a batch, by count or by padded tokens."""
+        if len(items) >= self.max_batch_size:
+            return True
+        if self.max_batch_tokens:
+            return len(items) * max(i.length for i in items) >= self.max_batch_tokens
+        return False
+
+    def _fit(self, items: list[BatchItem]) -> int:
+        """How many of ``items`` (in order) make one batch within both limits (at least one)."""
+        n = min(len(items), self.max_batch_size)
+        if not self.max_batch_tokens:
+            return n
+        longest = 0
+        for k, item in enumerate(items[:n]):
+            longest = max(longest, item.length)
+            if k > 0 and (k + 1) * longest > self.max_batch_tokens:
+                return k
+        return n
 
     # -- running -----------------------------------------------------------------------------
     def process(self, batch: list[BatchItem]) -> None:

@@ -6,6 +6,7 @@ once per model batch (pad to the batch's longest input, one ``session.run``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -14,6 +15,11 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from app.registry import ModelEntry
+
+# tokenizers parallelises encode_batch on a rayon pool whose idle threads spin: in a worker that
+# tokenises one small message after another, that spinning takes the cores ONNX Runtime needs.
+# Messages are small and many run at once, so one thread each is the better deal.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from app.runtime.session import build_session
 
 

@@ -35,6 +35,10 @@ def build_session(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # No busy-waiting between runs: the cores are shared with tokenisation, the database
+    # driver and, on small hosts, the API itself.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = ort.InferenceSession(
         str(path), sess_options=opts, providers=choose_providers(providers)
     )

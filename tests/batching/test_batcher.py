@@ -40,7 +40,9 @@ def make(clock: Clock, stub: Stub | None = None, **kw: Any) -> tuple[DynamicBatc
     kw.setdefault("max_batch_size", 4)
     kw.setdefault("max_delay_ms", 10)
     b = DynamicBatcher(
-        stub, clock=clock, sink=lambda items, outs: stored.extend(zip([i.key for i in items], outs)),
+        stub,
+        clock=clock,
+        sink=lambda items, outs: stored.extend(zip([i.key for i in items], outs, strict=False)),
         **kw,
     )
     return b, stub, stored
@@ -48,7 +50,7 @@ def make(clock: Clock, stub: Stub | None = None, **kw: Any) -> tuple[DynamicBatc
 
 def test_full_batch_leaves_at_once() -> None:
     clock = Clock()
-    b, stub, _ = make(clock)
+    b, _stub, _ = make(clock)
     futures = [b.submit(BatchItem(key=str(i), payload=i)) for i in range(4)]
     batch = b.take_batch(timeout=0)
     assert batch is not None and [i.payload for i in batch] == [0, 1, 2, 3]
@@ -111,8 +113,13 @@ def test_expired_items_never_run() -> None:
 def test_refused_items_are_skipped() -> None:
     clock = Clock()
     stub = Stub()
-    b = DynamicBatcher(stub, max_batch_size=3, max_delay_ms=0, clock=clock,
-                       admit=lambda items: {i.key for i in items if i.key != "cancelled"})
+    b = DynamicBatcher(
+        stub,
+        max_batch_size=3,
+        max_delay_ms=0,
+        clock=clock,
+        admit=lambda items: {i.key for i in items if i.key != "cancelled"},
+    )
     futures = {k: b.submit(BatchItem(key=k, payload=1)) for k in ("a", "cancelled", "b")}
     batch = b.take_batch(timeout=0)
     assert batch is not None
@@ -123,7 +130,7 @@ def test_refused_items_are_skipped() -> None:
 
 def test_a_batch_that_raises_is_bisected_to_the_bad_input() -> None:
     clock = Clock()
-    b, stub, stored = make(clock, max_batch_size=8)
+    b, _stub, stored = make(clock, max_batch_size=8)
     payloads = [1, 2, 3, "boom", 5, 6, 7, 8]
     futures = [b.submit(BatchItem(key=str(i), payload=p)) for i, p in enumerate(payloads)]
     batch = b.take_batch(timeout=0)
@@ -131,7 +138,9 @@ def test_a_batch_that_raises_is_bisected_to_the_bad_input() -> None:
     b.process(batch)
     results = [f.result() for f in futures]
     assert [r.status for r in results] == ["succeeded"] * 3 + ["failed"] + ["succeeded"] * 4
-    assert results[3].error_code == "inference_failed" and "boom" in (results[3].error_message or "")
+    assert results[3].error_code == "inference_failed" and "boom" in (
+        results[3].error_message or ""
+    )
     assert results[0].value == 2 and results[7].value == 16
     assert len(stored) == 8  # one sink call per batch, every item in it
 
@@ -187,3 +196,26 @@ def test_runner_threads_drain_the_queue() -> None:
         assert [f.result(timeout=5).value for f in futures] == [i * 2 for i in range(100)]
     finally:
         b.stop()
+
+
+def test_token_budget_caps_a_batch_of_long_inputs() -> None:
+    clock = Clock()
+    b, _, _ = make(clock, max_batch_size=32, max_batch_tokens=256, length_buckets=[64, 128])
+    for i in range(10):
+        b.submit(BatchItem(key=str(i), payload=i, length=100))  # 100-token inputs: 2 fit in 256
+    first = b.take_batch(timeout=0)  # full by tokens: leaves at once, without waiting
+    assert first is not None and len(first) == 2
+    for i in range(4):
+        b.submit(BatchItem(key=f"s{i}", payload=i, length=10))
+    clock.advance(0.02)
+    short = [b.take_batch(timeout=0) for _ in range(6)]
+    sizes = sorted(len(x) for x in short if x)
+    assert sizes == [2, 2, 2, 2, 4]  # the short ones go together; the long ones two by two
+
+
+def test_one_input_over_the_budget_still_runs_alone() -> None:
+    clock = Clock()
+    b, _, _ = make(clock, max_batch_size=8, max_batch_tokens=64)
+    b.submit(BatchItem(key="huge", payload=1, length=500))
+    batch = b.take_batch(timeout=0)
+    assert batch is not None and [i.key for i in batch] == ["huge"]
