@@ -36,7 +36,8 @@ def test_every_model_is_built_with_a_matching_sha256(
             assert (entry.folder / "tokenizer.json").is_file()
             assert m.preprocessing == {"tokenizer": "tokenizer.json", "max_length": 256}
             assert m.input_schema["required"] == ["text"]
-            assert m.batching.length_buckets == [16, 32, 64, 128, 256]
+            assert m.batching.length_buckets == [8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+            assert m.batching.max_batch_tokens == 512
         leftovers = [p.name for p in entry.folder.iterdir() if p.name.endswith(".tmp")]
         assert leftovers == []
 
