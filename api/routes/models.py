@@ -28,6 +28,7 @@ def list_models(rt: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
                 "max_batch_size": m.batching.max_batch_size,
                 "max_delay_ms": m.batching.max_delay_ms,
                 "length_buckets": m.batching.length_buckets,
+                "max_batch_tokens": m.batching.max_batch_tokens,
                 "sha256": m.sha256,
                 "labels": m.labels,
                 "metrics": m.metrics,
