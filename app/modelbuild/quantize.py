@@ -14,8 +14,10 @@ are measured alone and recorded separately (``cosine_to_fp32_min_very_short``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -64,11 +66,14 @@ def build(models_dir: Path, fp32: Manifest, progress: Progress) -> Manifest:
     folder = prepare_dir(models_dir, fp32.name, VERSION)
     shutil.copyfile(source / "tokenizer.json", folder / "tokenizer.json")
     onnx_path = folder / "model.onnx"
-    tmp = folder / "model.onnx.tmp"
-    keep_fp32 = fp32_sensitive_nodes(source / fp32.onnx_file)
-    with quiet():
+    tmp = (folder / "model.onnx.tmp").resolve()
+    fp32_path = (source / fp32.onnx_file).resolve()
+    keep_fp32 = fp32_sensitive_nodes(fp32_path)
+    # quantize_dynamic's shape inference writes scratch files (sym_shape_infer_temp.onnx and
+    # external-data blobs) into the current directory: keep them out of the caller's tree.
+    with quiet(), tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         quantize_dynamic(
-            source / fp32.onnx_file,
+            fp32_path,
             tmp,
             per_channel=True,
             weight_type=QuantType.QInt8,
