@@ -35,9 +35,19 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
             "store_processed": False,
             "control_folder": str(root / "control"),
         }
+    # A publisher that cannot reach the broker gives up at once: the request is already in
+    # Postgres and the sweeper publishes it later. (kombu's default retries the connection for
+    # as long as ``broker_connection_timeout`` with growing sleeps: seconds per POST.) Workers'
+    # consumers reconnect on their own terms (``broker_connection_max_retries``).
+    fail_fast = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
     if url.startswith(("redis://", "rediss://")):
-        return url, {"visibility_timeout": 3600, "socket_timeout": 5, "socket_connect_timeout": 3}
-    return url, {}
+        return url, {
+            "visibility_timeout": 3600,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 3,
+            **fail_fast,
+        }
+    return url, fail_fast
 
 
 def task_modules() -> list[str]:
