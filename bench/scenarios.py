@@ -204,11 +204,15 @@ def _jsonl(inputs: list[dict[str, Any]], *, nested: bool) -> bytes:
     return b"\n".join(orjson.dumps(x) for x in lines) + b"\n"
 
 
-def _submit_job(client: httpx.Client, model: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """POST the job; ``{"skipped": why}`` when the server has no jobs API."""
+def _submit_job(
+    client: httpx.Client, model: str, inputs: list[dict[str, Any]], nested_body: bytes
+) -> dict[str, Any]:
+    """POST the job (``{"custom_id", "input"}`` lines, else flat ones); ``{"skipped": why}``
+    when the server has no jobs API."""
     last = ""
     for nested in (True, False):
-        files = {"file": ("inputs.jsonl", _jsonl(inputs, nested=nested), "application/x-ndjson")}
+        body = nested_body if nested else _jsonl(inputs, nested=False)
+        files = {"file": ("inputs.jsonl", body, "application/x-ndjson")}
         r = client.post("/v1/jobs", data={"model": model}, files=files)
         if r.status_code in (404, 405):
             return {"skipped": f"POST /v1/jobs answered {r.status_code}: no jobs API yet"}
@@ -229,9 +233,11 @@ def bulk(
     timeout: float,
 ) -> dict[str, Any]:
     """``bulk``: one job of ``inputs`` until every result is stored; items/s and peak RSS."""
+    # the file exists before the clock starts: making it is the caller's work, not inferq's
+    body = _jsonl(inputs, nested=True)
     with httpx.Client(base_url=base_url, timeout=120) as client, RssSampler(pids) as rss:
         t0 = time.perf_counter()
-        job = _submit_job(client, model, inputs)
+        job = _submit_job(client, model, inputs, body)
         if "skipped" in job:
             return job
         accepted = time.perf_counter() - t0
