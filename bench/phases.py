@@ -133,7 +133,7 @@ def phase_naive(cfg: StackConfig, args: argparse.Namespace, res: dict[str, Any])
 
 def _groups(stack: Stack) -> dict[str, Callable[[], list[int]]]:
     return {
-        "api": lambda: [stack.api.pid] if stack.api else [],
+        "api": lambda: [stack.api.pid, *children(stack.api.pid)] if stack.api else [],
         "workers": lambda: [w.pid for w in stack.workers],
         "client": lambda: [os.getpid()],
         "postgres": lambda: pids_named("postgres"),
@@ -212,7 +212,7 @@ def idle_cpu(stack: Stack, seconds: float = 3.0) -> dict[str, float]:
     """What the started stack burns doing nothing (beat, pollers, timers), per second."""
     meter = CpuMeter(
         {
-            "api": lambda: [stack.api.pid] if stack.api else [],
+            "api": lambda: [stack.api.pid, *children(stack.api.pid)] if stack.api else [],
             "workers": lambda: [w.pid for w in stack.workers],
         }
     )

@@ -173,6 +173,8 @@ class StackConfig:
     runner_threads: int = 1
     intra_op_threads: int = 1
     concurrency: int = 32
+    api_procs: int = 1
+    """uvicorn worker processes of the API."""
     providers: list[str] = field(default_factory=list)
     beat: bool = True
     log_level: str = "INFO"
@@ -232,6 +234,8 @@ class Stack:
             "127.0.0.1",
             "--port",
             str(port),
+            "--workers",
+            str(self.cfg.api_procs),
             "--no-access-log",
         ]
         self.api = Proc(argv, self.env, self.cfg.log_dir / "api.log", "api")
@@ -280,6 +284,10 @@ class Stack:
         out = {f"worker{i}": w.pid for i, w in enumerate(self.workers)}
         if self.api is not None:
             out["api"] = self.api.pid
+            if self.cfg.api_procs > 1:  # uvicorn's supervisor serves nothing: its workers do
+                from bench.procstat import children
+
+                out.update({f"api{i}": pid for i, pid in enumerate(children(self.api.pid))})
         return out
 
     def providers_used(self) -> list[str]:
