@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Runtime, RuntimeDep, TenantDep
@@ -124,10 +124,15 @@ READ_COLUMNS = [
 ]
 
 
+# Built once with an expanding parameter: SQLAlchemy then finds it in its compiled cache without
+# rebuilding a 16-column statement per read (a third of a read's cost in the API).
+READ_MANY = select(*READ_COLUMNS).where(Prediction.id.in_(bindparam("ids", expanding=True)))
+
+
 def load_many(rt: Runtime, ids: list[str]) -> list[Any]:
     """One SELECT for many reads (the loader coalescer's flush)."""
     with rt.engine.connect() as conn:
-        rows = conn.execute(select(*READ_COLUMNS).where(Prediction.id.in_(ids)))
+        rows = conn.execute(READ_MANY, {"ids": ids})
         found = {r.id: r for r in rows}
     return [found.get(i) for i in ids]
 

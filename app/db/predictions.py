@@ -89,7 +89,8 @@ def cancel_prediction(*, session: Session, tenant: str, prediction_id: str) -> b
     return res.first() is not None
 
 
-def _claimable(now: datetime) -> Any:
+def _claimable(now: Any) -> Any:
+    """Queued, or running under a lease that ran out by ``now`` (a value or a bind parameter)."""
     return or_(
         Prediction.status == Status.queued.value,
         and_(Prediction.status == Status.running.value, Prediction.lease_expires_at < now),
@@ -113,19 +114,31 @@ def claim(*, session: Session, ids: Sequence[str], lease: timedelta) -> list[Cla
     mark them running under a new lease and return them. Cancelled, finished and
     otherwise-held rows are left alone, so a message delivered twice runs nothing twice."""
     now = utcnow()
+    params = {"ids": list(ids), "now": now, "lease_until": now + lease}
+    return [Claimed(*row) for row in session.execute(_CLAIM, params)]
+
+
+def _claim_statement() -> Any:
+    """The claim, built once (a message's hot path: no statement building per call)."""
     t = Prediction.__table__.c
-    stmt = (
+    now = bindparam("now", type_=t.started_at.type)
+    return (
         update(Prediction.__table__)  # type: ignore[arg-type]
-        .where(t.id.in_(list(ids)), _claimable(now))
+        .where(
+            t.id.in_(bindparam("ids", expanding=True)),
+            _claimable(now),
+        )
         .values(
             status=Status.running.value,
             started_at=now,
-            lease_expires_at=now + lease,
+            lease_expires_at=bindparam("lease_until", type_=t.lease_expires_at.type),
             attempts=t.attempts + 1,
         )
         .returning(t.id, t.model, t.model_version, t.input, t.priority, t.deadline_at)
     )
-    return [Claimed(*row) for row in session.execute(stmt)]
+
+
+_CLAIM = _claim_statement()
 
 
 _PG_WRITE = text(
