@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +18,21 @@ Callback = Callable[[str], None]
 
 
 class CompletionHub:
-    """Calls the callbacks registered for an id when a NOTIFY names it."""
+    """Calls the callbacks registered for an id when a NOTIFY names it.
+
+    It also remembers the ids this process submitted (``expect``) until a NOTIFY names them:
+    a long-poll on such an id knows it is still unfinished and waits for the NOTIFY before
+    its first read, so a submit-then-wait costs one read instead of two. Forgotten when the
+    listener loses its connection (a NOTIFY may have been missed) and past ``max_expected``.
+    """
+
+    max_expected = 100_000
 
     def __init__(self, database_url: str) -> None:
         self.url = database_url.replace("postgresql+psycopg://", "postgresql://")
         self.enabled = self.url.startswith("postgresql://")
         self._subs: dict[str, set[Callback]] = {}
+        self._expected: OrderedDict[str, str] = OrderedDict()  # id -> tenant
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -50,9 +60,36 @@ class CompletionHub:
                 if not subs:
                     del self._subs[pid]
 
+    def expect(self, ids: Iterable[str], tenant: str) -> None:
+        """``ids`` are about to be stored as queued by this process for ``tenant``."""
+        if not self.connected.is_set():
+            return
+        with self._lock:
+            for pid in ids:
+                self._expected[pid] = tenant
+            while len(self._expected) > self.max_expected:
+                self._expected.popitem(last=False)
+
+    def forget(self, ids: Iterable[str]) -> None:
+        """``ids`` were not stored after all (a replay, or the insert failed)."""
+        with self._lock:
+            for pid in ids:
+                self._expected.pop(pid, None)
+
+    def still_pending(self, pid: str, tenant: str) -> bool:
+        """True (once) if ``pid`` was submitted here for ``tenant`` and no NOTIFY named it since."""
+        with self._lock:
+            owner = self._expected.pop(pid, None)
+        return owner == tenant and self.connected.is_set()
+
+    def _forget_expected(self) -> None:
+        with self._lock:
+            self._expected.clear()
+
     def _fire(self, payload: str) -> None:
         for pid in payload.split(","):
             with self._lock:
+                self._expected.pop(pid, None)
                 callbacks = list(self._subs.get(pid, ()))
             for cb in callbacks:
                 cb(pid)
@@ -72,6 +109,7 @@ class CompletionHub:
                             self._fire(note.payload)
             except Exception as exc:
                 self.connected.clear()
+                self._forget_expected()
                 log.warning("notify listener reconnecting", extra={"error": str(exc)[:200]})
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
