@@ -94,9 +94,6 @@ class Settings(BaseSettings):
     worker_concurrency: int = 32
     """Celery thread-pool size per worker process: messages in flight that feed the batcher."""
 
-    submit_flush_ms: float = 2.0
-    """The API gathers concurrent submissions for at most this long into one insert + publish."""
-
     log_level: str = "INFO"
     """Log level of API, workers and CLI (logs are JSON lines)."""
 
