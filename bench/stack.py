@@ -173,7 +173,7 @@ class StackConfig:
     runner_threads: int = 1
     intra_op_threads: int = 1
     concurrency: int = 32
-    api_procs: int = 1
+    api_procs: int = 2
     """uvicorn worker processes of the API."""
     providers: list[str] = field(default_factory=list)
     beat: bool = True
