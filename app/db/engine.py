@@ -24,6 +24,15 @@ def _json_dumps(value: Any) -> str:
 JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
+def ensure_sqlite_folder(url: str) -> None:
+    """Create the folder of a SQLite file (``var/`` on a fresh clone); SQLite will not."""
+    if not url.startswith("sqlite"):
+        return
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool = False) -> Engine:
     """An engine for ``settings.database_url``; SQLite gets WAL and a busy timeout.
 
@@ -34,9 +43,7 @@ def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool =
     """
     url = settings.database_url
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_folder(url)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **JSON_CODEC
         )
@@ -93,4 +100,5 @@ def migrate(database_url: str) -> None:
     """Bring the schema to the newest revision (every head)."""
     from alembic import command
 
+    ensure_sqlite_folder(database_url)
     command.upgrade(alembic_config(database_url), "heads")

@@ -23,13 +23,10 @@ def test_inferq_up_runs_everything_on_sqlite_and_a_local_broker(
 ) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
-    env.update(
-        INFERQ_VAR_DIR=str(tmp_path),
-        INFERQ_MODELS_DIR=str(models_dir),
-        INFERQ_DATABASE_URL=f"sqlite:///{tmp_path / 'inferq.db'}",
-        INFERQ_BROKER_URL=f"filesystem://{tmp_path / 'broker'}",
-        PYTHONUNBUFFERED="1",
-    )
+    # as on a fresh clone: the defaults (SQLite file, filesystem broker) under a var/ folder
+    # that does not exist yet
+    var = tmp_path / "clone" / "var"
+    env.update(INFERQ_VAR_DIR=str(var), INFERQ_MODELS_DIR=str(models_dir), PYTHONUNBUFFERED="1")
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "inferq"), "up", "--port", str(port)],
@@ -64,4 +61,4 @@ def test_inferq_up_runs_everything_on_sqlite_and_a_local_broker(
             os.killpg(proc.pid, signal.SIGKILL)
             raise
         log.close()
-    assert (tmp_path / "inferq.db").exists()
+    assert (var / "inferq.db").exists() and (var / "broker").is_dir()
