@@ -40,9 +40,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runner-threads", type=int, default=1, help="INFERQ_RUNNER_THREADS")
     p.add_argument("--intra-op-threads", type=int, default=1, help="INFERQ_INTRA_OP_THREADS")
     p.add_argument("--concurrency", type=int, default=32, help="inferq worker -c (thread pool)")
-    p.add_argument(
-        "--api-procs", type=int, default=2, help="API processes (uvicorn --workers; one per core)"
-    )
+    p.add_argument("--api-procs", type=int, default=1, help="API processes (uvicorn --workers)")
     p.add_argument("--raw-procs", type=int, help="raw processes (default: --workers; 1 on cuda)")
     p.add_argument("--clients", type=int, default=64, help="concurrent clients in online")
     p.add_argument(

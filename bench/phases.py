@@ -162,7 +162,7 @@ def _online(stack: Stack, args: argparse.Namespace, name: str, m: dict[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     spies = {
         proc: PySpy(pid, folder / f"{args.stamp}-{name}-{proc}.txt")
-        for proc, pid in (("worker0", stack.workers[0].pid), ("api", stack.api.pid))
+        for proc, pid in (("worker0", stack.workers[0].pid), ("api", stack.api_servers()[0]))
     }
     say(f"  profiling {name} online with py-spy ({py_spy() or 'not installed'}) …")
     with ExitStack() as es:

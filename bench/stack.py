@@ -173,7 +173,7 @@ class StackConfig:
     runner_threads: int = 1
     intra_op_threads: int = 1
     concurrency: int = 32
-    api_procs: int = 2
+    api_procs: int = 1
     """uvicorn worker processes of the API."""
     providers: list[str] = field(default_factory=list)
     beat: bool = True
@@ -284,11 +284,26 @@ class Stack:
         out = {f"worker{i}": w.pid for i, w in enumerate(self.workers)}
         if self.api is not None:
             out["api"] = self.api.pid
-            if self.cfg.api_procs > 1:  # uvicorn's supervisor serves nothing: its workers do
-                from bench.procstat import children
-
-                out.update({f"api{i}": pid for i, pid in enumerate(children(self.api.pid))})
+            if self.cfg.api_procs > 1:
+                out.update({f"api{i}": pid for i, pid in enumerate(self.api_servers())})
         return out
+
+    def api_servers(self) -> list[int]:
+        """The processes that serve HTTP: the API process, or with ``api_procs`` > 1 the
+        workers uvicorn's supervisor spawned (not the supervisor, nor its resource tracker)."""
+        if self.api is None:
+            return []
+        if self.cfg.api_procs == 1:
+            return [self.api.pid]
+        from bench.procstat import children
+
+        def spawned(pid: int) -> bool:
+            try:
+                return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return False
+
+        return [pid for pid in children(self.api.pid) if spawned(pid)]
 
     def providers_used(self) -> list[str]:
         """The providers the workers' ONNX sessions report (from their start-up logs)."""
