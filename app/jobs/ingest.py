@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import __version__
 from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
-from app.db.jobs import ChunkStatus, Job, JobStatus
+from app.db.jobs import ChunkStatus, Job, JobChunk, JobStatus
 from app.errors import InvalidInput, PayloadTooLarge
 from app.jobs import lines as L
 from app.jobs import store
@@ -250,12 +251,24 @@ class JobWriter:
             extra["source"] = {**source, **extra["source"]}
         return {**base, **extra}
 
-    def abort(self) -> None:
-        """Drop whatever was stored of a job whose input failed half-way."""
+    def abort(self, attempts: int = 5) -> None:
+        """Drop whatever was stored of a job whose input failed half-way.
+
+        Workers may be scoring its first chunks meanwhile; they lock a chunk, then the job. The
+        chunks go first here too (the same order: no deadlock), and a transient error is retried,
+        so a dropped upload does not wait for the sweeper's ``ABANDONED_UPLOAD_SECONDS``.
+        """
         if not self._stored:
             return
-        try:
-            with session_scope(self.sessions) as s:
-                s.execute(delete(Job).where(Job.id == self.job.id))
-        except Exception:
-            log.exception("could not drop an aborted job", extra={"job": self.job.id})
+        for attempt in range(1, attempts + 1):
+            try:
+                with session_scope(self.sessions) as s:
+                    s.execute(delete(JobChunk).where(JobChunk.job_id == self.job.id))
+                    s.execute(delete(Job).where(Job.id == self.job.id))
+                return
+            except Exception:
+                if attempt == attempts:
+                    log.exception("could not drop an aborted job", extra={"job": self.job.id})
+                    return
+                log.warning("dropping an aborted job failed; again", extra={"job": self.job.id})
+                time.sleep(0.1 * attempt)

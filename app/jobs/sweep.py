@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
 from app.db.engine import session_scope
-from app.db.jobs import Job
+from app.db.jobs import Job, JobChunk
 from app.jobs import store
 from app.jobs.ingest import JobPublisher
 from app.settings import Settings
@@ -44,7 +44,8 @@ def sweep_jobs(
         dropped = store.abandoned_uploads(
             session=s, before=now - timedelta(seconds=ABANDONED_UPLOAD_SECONDS)
         )
-        if dropped:
+        if dropped:  # chunks first, then the job: the order workers lock them in
+            s.execute(delete(JobChunk).where(JobChunk.job_id.in_(dropped)))
             s.execute(delete(Job).where(Job.id.in_(dropped)))
     failed: dict[str, list[int]] = {}
     for job_id, seq, model in stale:

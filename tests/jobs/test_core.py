@@ -6,6 +6,8 @@ The broker is replaced by a list that records what would be published (the end-t
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -367,3 +369,36 @@ def test_an_upload_that_died_half_way_is_dropped_by_the_sweeper(env: Env) -> Non
     assert sweep_jobs(sessions=env.sessions, publisher=env.pub, settings=env.settings).dropped == 1
     with env.sessions() as s:
         assert s.scalars(select(JobChunk)).all() == []
+
+
+def test_an_aborted_upload_is_dropped_while_a_worker_finishes_one_of_its_chunks(
+    env: Env,
+) -> None:
+    """A worker locks a chunk, then the job (``finish_chunk``); dropping the upload at the same
+    time must neither deadlock with it nor leave the job for the sweeper."""
+    writer = service.open_job(
+        sessions=env.sessions,
+        publisher=env.pub,
+        registry=env.registry,
+        settings=env.settings,
+        tenant="t1",
+        model="churn-risk",
+        fmt="jsonl",
+    )
+    writer.feed(b"\n".join(churn_lines(250)) + b"\n")  # two chunks stored, the upload goes on
+    job_id = writer.job_id
+    worker = env.sessions()
+    worker.execute(  # the worker's transaction holds chunk 0 ...
+        update(JobChunk).where(JobChunk.job_id == job_id, JobChunk.seq == 0).values(succeeded=1)
+    )
+    aborting = threading.Thread(target=writer.abort)  # ... when the uploader goes away
+    aborting.start()
+    time.sleep(0.5)  # the drop is now waiting on the worker's lock
+    worker.execute(update(Job).where(Job.id == job_id).values(succeeded=Job.succeeded + 1))
+    worker.commit()  # a deadlock would have failed one of the two by now (deadlock_timeout 1 s)
+    worker.close()
+    aborting.join(10)
+    assert not aborting.is_alive()
+    with env.sessions() as s:
+        assert s.scalars(select(JobChunk.seq).where(JobChunk.job_id == job_id)).all() == []
+        assert s.get(Job, job_id) is None
