@@ -31,6 +31,28 @@ WriteHook = Callable[[Session, list[crud.Written]], None]
 AfterCommit = Callable[[list[crud.Written]], None]
 
 
+def store_results(
+    sessions: sessionmaker[Session],
+    rows: Sequence[crud.ResultRow],
+    write_hooks: Sequence[WriteHook],
+    after_commit: Sequence[AfterCommit],
+) -> list[crud.Written]:
+    """Write final states in one transaction with their outbox rows (webhooks, integrations) and
+    the NOTIFY that wakes long-polls; then hand what was written to the after-commit hooks.
+    Every way a prediction ends in a worker goes through here."""
+    with session_scope(sessions) as s:
+        written = crud.write_results(session=s, results=rows)
+        for hook in write_hooks:
+            hook(s, written)
+        crud.notify_done(session=s, ids=[w.id for w in written])
+    for after in after_commit:
+        try:
+            after(written)
+        except Exception:
+            log.exception("after-commit hook failed")
+    return written
+
+
 @dataclass(slots=True)
 class MessageReport:
     """What one message's requests came to."""
@@ -90,16 +112,7 @@ class ModelExecutor:
             )
             for item, o in zip(items, outcomes, strict=True)
         ]
-        with session_scope(self.sessions) as s:
-            written = crud.write_results(session=s, results=rows)
-            for hook in self.write_hooks:
-                hook(s, written)
-            crud.notify_done(session=s, ids=[w.id for w in written])
-        for after in self.after_commit:
-            try:
-                after(written)
-            except Exception:
-                log.exception("after-commit hook failed")
+        store_results(self.sessions, rows, self.write_hooks, self.after_commit)
 
     def run_rows(self, rows: Sequence[crud.Claimed], *, timeout: float = 600.0) -> MessageReport:
         """Run ``rows`` (claimed by this worker) through the batcher; return once all are stored.
@@ -156,10 +169,7 @@ class ModelExecutor:
                             error_message=f"preprocessing failed: {exc}",
                         )
                     )
-            with session_scope(self.sessions) as s:
-                written = crud.write_results(session=s, results=failed)
-                for hook in self.write_hooks:
-                    hook(s, written)
+            store_results(self.sessions, failed, self.write_hooks, self.after_commit)
             return out
 
 
@@ -216,6 +226,11 @@ class ExecutorPool:
             if r.model == model:
                 by_version.setdefault(r.model_version, []).append(r)
         return [self.get(model, v).run_rows(vrows) for v, vrows in by_version.items()]
+
+    def fail(self, ids: Sequence[str], *, code: str, message: str) -> list[crud.Written]:
+        """End ``ids`` as failed (the model cannot run here), webhooks and NOTIFY included."""
+        rows = [crud.ResultRow(i, "failed", error_code=code, error_message=message) for i in ids]
+        return store_results(self.sessions, rows, self.write_hooks, self.after_commit)
 
     def stop(self) -> None:
         for ex in self._executors.values():

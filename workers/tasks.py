@@ -9,8 +9,6 @@ from celery import Task
 from celery.signals import setup_logging, worker_process_shutdown, worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
-from app.db import predictions as crud
-from app.db.engine import session_scope
 from app.errors import ModelNotReady, UnknownModel
 from app.logs import configure_logging
 from app.sweeper import sweep_predictions
@@ -28,11 +26,7 @@ def predict(self: Task, model: str, ids: list[str]) -> dict[str, Any]:
         reports = ctx.executors.run(model, ids)
     except (UnknownModel, ModelNotReady) as exc:
         log.error("model not servable here", extra={"model": model, "error": exc.message})
-        rows = [
-            crud.ResultRow(i, "failed", error_code=exc.code, error_message=exc.message) for i in ids
-        ]
-        with session_scope(ctx.sessions) as s:
-            crud.write_results(session=s, results=rows)
+        ctx.executors.fail(ids, code=exc.code, message=exc.message)
         return {"failed": len(ids)}
     except OperationalError as exc:  # the database is away: try the message again later
         log.warning("database unavailable; retrying message", extra={"error": str(exc)[:200]})
