@@ -22,6 +22,7 @@ from app.db.base import utcnow
 from app.db.jobs import Job, JobChunk
 from app.errors import Conflict, InvalidInput, NotFound, UnknownModel
 from app.jobs import results, service, store
+from app.jobs.ingest import JobWriter
 from app.jobs.runner import run_chunk, run_chunks
 from app.jobs.sweep import sweep_jobs
 from app.registry import Registry
@@ -93,6 +94,18 @@ class Env:
                 job_id=job_id,
                 fmt=fmt,
             )
+        )
+
+    def open_upload(self, model: str) -> JobWriter:
+        """A JSONL upload being streamed in (not finished)."""
+        return service.open_job(
+            sessions=self.sessions,
+            publisher=self.pub,
+            registry=self.registry,
+            settings=self.settings,
+            tenant="t1",
+            model=model,
+            fmt="jsonl",
         )
 
     def job(self, job_id: str) -> Job:
@@ -353,15 +366,7 @@ def test_a_model_gone_from_the_worker_fails_each_line(env: Env) -> None:
 
 
 def test_an_upload_that_died_half_way_is_dropped_by_the_sweeper(env: Env) -> None:
-    writer = service.open_job(
-        sessions=env.sessions,
-        publisher=env.pub,
-        registry=env.registry,
-        settings=env.settings,
-        tenant="t1",
-        model="churn-risk",
-        fmt="jsonl",
-    )
+    writer = env.open_upload("churn-risk")
     writer.feed(b"\n".join(churn_lines(150)) + b"\n")  # one chunk stored, then the uploader dies
     assert sweep_jobs(sessions=env.sessions, publisher=env.pub, settings=env.settings).dropped == 0
     with env.sessions.begin() as s:
@@ -376,15 +381,7 @@ def test_an_aborted_upload_is_dropped_while_a_worker_finishes_one_of_its_chunks(
 ) -> None:
     """A worker locks a chunk, then the job (``finish_chunk``); dropping the upload at the same
     time must neither deadlock with it nor leave the job for the sweeper."""
-    writer = service.open_job(
-        sessions=env.sessions,
-        publisher=env.pub,
-        registry=env.registry,
-        settings=env.settings,
-        tenant="t1",
-        model="churn-risk",
-        fmt="jsonl",
-    )
+    writer = env.open_upload("churn-risk")
     writer.feed(b"\n".join(churn_lines(250)) + b"\n")  # two chunks stored, the upload goes on
     job_id = writer.job_id
     worker = env.sessions()
