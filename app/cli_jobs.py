@@ -7,7 +7,6 @@ so they work from any machine that can reach it.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import IO, Annotated, Any, BinaryIO, cast
 
@@ -98,8 +97,8 @@ def _follow(c: httpx.Client, job: dict[str, Any], poll: float) -> dict[str, Any]
         counts = job["request_counts"]
         task = progress.add_task(job["status"], total=counts["total"], ok=0, failed=0)
         while job["status"] not in FINAL:
-            time.sleep(poll)
-            job = _check(c.get(f"/v1/jobs/{job['id']}"))
+            # held by the API until the job ends or ``poll`` seconds pass (fresh counts)
+            job = _check(c.get(f"/v1/jobs/{job['id']}", params={"wait": poll}))
             counts = job["request_counts"]
             progress.update(
                 task,
@@ -132,7 +131,9 @@ def submit(
         str | None, typer.Option("--format", help="jsonl or csv (default: by extension).")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
-    poll: Annotated[float, typer.Option(help="Seconds between polls with --wait.")] = 0.5,
+    poll: Annotated[
+        float, typer.Option(min=0.1, max=30, help="Seconds between progress updates with --wait.")
+    ] = 0.5,
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = None,
 ) -> None:

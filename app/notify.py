@@ -1,7 +1,8 @@
-"""Wake long-polls when predictions finish: Postgres LISTEN/NOTIFY, polling elsewhere.
+"""Wake long-polls when predictions finish or jobs end: Postgres LISTEN/NOTIFY, polling elsewhere.
 
-Workers ``NOTIFY inferq_done, '<id>,<id>,…'`` in the transaction that stores results; one
-listener connection per API process fans the ids out to whoever waits on them.
+Workers ``NOTIFY inferq_done, '<id>,<id>,…'`` in the transaction that stores results, and with
+a job's id in the one that ends it; one listener connection per API process fans the ids out to
+whoever waits on them.
 """
 
 from __future__ import annotations

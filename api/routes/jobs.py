@@ -14,10 +14,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from api.deps import Runtime, RuntimeDep, TenantDep
+from api.longpoll import MAX_WAIT_S, wait_final
 from api.main import STREAMED_PATHS
 from api.multipart import Part, read_events
 from api.responses import JSON
-from app.db.jobs import Job
+from app.db.jobs import Job, JobStatus
 from app.errors import InvalidInput, PayloadTooLarge
 from app.jobs import results, service
 from app.jobs.ingest import JobPublisher, JobWriter
@@ -279,11 +280,23 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
-    """A job's state and its request counts."""
-    job = await run_in_threadpool(
-        lambda: service.get_job(sessions=rt.sessions, tenant=tenant, job_id=job_id)
-    )
+async def get_job(
+    job_id: str,
+    rt: RuntimeDep,
+    tenant: TenantDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
+) -> JSON:
+    """A job's state and its request counts; ``?wait=<s>`` holds the answer until the job has
+    ended (succeeded, failed or cancelled) or ``wait`` seconds have passed."""
+
+    async def load() -> Job:
+        return await run_in_threadpool(
+            lambda: service.get_job(sessions=rt.sessions, tenant=tenant, job_id=job_id)
+        )
+
+    if wait <= 0:
+        return JSON(service.job_public(await load()))
+    job = await wait_final(rt, job_id, load, lambda j: JobStatus(j.status).is_final, wait)
     return JSON(service.job_public(job))
 
 

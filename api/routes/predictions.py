@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import orjson
@@ -12,6 +11,7 @@ from sqlalchemy import bindparam, select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Runtime, RuntimeDep, TenantDep
+from api.longpoll import MAX_WAIT_S, wait_final
 from api.metrics import SUBMITTED
 from api.responses import JSON
 from api.schemas import PredictionCreate
@@ -21,8 +21,6 @@ from app.errors import InvalidInput, NotFound
 from app.views import iso, prediction_public
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
-
-MAX_WAIT_S = 30.0
 
 
 async def parse_body(request: Request, schema: type[PredictionCreate]) -> PredictionCreate:
@@ -169,39 +167,16 @@ async def get_prediction(
 
 
 async def _wait_final(rt: Runtime, tenant: str, pid: str, wait: float) -> Any:
-    """Read ``pid`` until it is final or ``wait`` seconds have passed, woken by the NOTIFY that
-    names it (polling without Postgres). Subscribed before the first read, so a result stored
-    in between is never missed and a long-poll costs two reads, or one for an id this process
-    just submitted."""
-    loop = asyncio.get_running_loop()
-    event = asyncio.Event()
-
-    def wake(_: str) -> None:
-        loop.call_soon_threadsafe(event.set)
-
-    rt.hub.subscribe(pid, wake)
-    try:
-        end = loop.time() + wait
-        # Submitted by this process and not finished since: no need to read it before its NOTIFY
-        # (a missed NOTIFY costs at most ``interval``: every wait ends in a read).
-        p = None if rt.hub.still_pending(pid, tenant) else await _load(rt, tenant, pid)
-        interval = 1.0 if rt.hub.enabled else 0.05
-        while p is None or not Status(p.status).is_final:
-            remaining = end - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                await asyncio.wait_for(event.wait(), timeout=min(interval, remaining))
-            except TimeoutError:
-                if not rt.hub.enabled:
-                    interval = min(interval * 1.5, 0.5)
-            event.clear()
-            p = await _load(rt, tenant, pid)
-        if p is None:  # pragma: no cover - wait > 0 always allows one pass
-            p = await _load(rt, tenant, pid)
-    finally:
-        rt.hub.unsubscribe(pid, wake)
-    return p
+    """Read ``pid`` until it is final or ``wait`` seconds have passed. An id this process just
+    submitted and no NOTIFY named since is not read before its NOTIFY (one read, not two)."""
+    return await wait_final(
+        rt,
+        pid,
+        lambda: _load(rt, tenant, pid),
+        lambda p: Status(p.status).is_final,
+        wait,
+        skip_first_read=rt.hub.still_pending(pid, tenant),
+    )
 
 
 @router.delete("/predictions/{prediction_id}")

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.jobs import Job, JobStatus
+from app.db.predictions import notify_done
 from app.jobs import store
 from app.webhooks import enqueue_subject
 
@@ -47,6 +48,7 @@ def end_job(session: Session, job: Job, status: JobStatus) -> list[str]:
         )
     for hook in JOB_FINISHED_HOOKS:
         hook(session, job)
+    notify_done(session=session, ids=[job.id])  # wakes ``GET /v1/jobs/{id}?wait=`` at commit
     log.info(
         "job ended",
         extra={

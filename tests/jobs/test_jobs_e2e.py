@@ -6,6 +6,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,12 +33,15 @@ TEXTS = [
 
 
 def wait_final(c: httpx.Client, job_id: str, timeout: float = 90) -> dict[str, Any]:
+    """Long-poll the job (``?wait=``) until it has ended or ``timeout`` has passed."""
     end = time.monotonic() + timeout
     while True:
-        body: dict[str, Any] = c.get(f"/v1/jobs/{job_id}").json()
+        wait = min(30.0, max(end - time.monotonic(), 0.1))
+        r = c.get(f"/v1/jobs/{job_id}", params={"wait": wait}, timeout=wait + 30)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
         if body["status"] not in ("queued", "running") or time.monotonic() > end:
             return body
-        time.sleep(0.1)
 
 
 def results(c: httpx.Client, job_id: str) -> list[dict[str, Any]]:
@@ -252,14 +256,33 @@ def test_errors_cancel_and_tenancy(make_stack: Callable[..., Stack], redis_url: 
         job = post(data={"model": "churn-risk"}, files=file).json()
         e = error(c.get(f"/v1/jobs/{job['id']}/results"), 409)
         assert e["code"] == "job_not_finished"
+        # ?wait= on a job that does not end: held for the wait, then its live state
+        t0 = time.monotonic()
+        held = c.get(f"/v1/jobs/{job['id']}", params={"wait": 0.6})
+        assert held.status_code == 200 and held.json()["status"] == "queued"
+        assert time.monotonic() - t0 >= 0.55
+        for bad in (31, -1, "soon"):
+            e = error(c.get(f"/v1/jobs/{job['id']}", params={"wait": bad}), 422)
+            assert e["code"] == "invalid_input" and "wait" in e["message"]
         with stack.client(headers={"Authorization": "Bearer k2"}) as other:
             assert error(other.get(f"/v1/jobs/{job['id']}"), 404)["code"] == "not_found"
+            r = other.get(f"/v1/jobs/{job['id']}", params={"wait": 5})
+            assert error(r, 404)["code"] == "not_found"
             assert error(other.post(f"/v1/jobs/{job['id']}/cancel"), 404)["code"] == "not_found"
             assert error(other.get(f"/v1/jobs/{job['id']}/results"), 404)["code"] == "not_found"
             assert other.get("/v1/jobs").json() == {"jobs": []}
         assert error(c.get("/v1/jobs/job_nope"), 404)["code"] == "not_found"
-        r = c.post(f"/v1/jobs/{job['id']}/cancel")
-        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        # a long-poll in flight when the job ends answers with its final state, not at its wait
+        with ThreadPoolExecutor(1) as pool:
+            polled = pool.submit(
+                lambda: c.get(f"/v1/jobs/{job['id']}", params={"wait": 25}, timeout=60)
+            )
+            time.sleep(0.5)
+            assert not polled.done()
+            r = c.post(f"/v1/jobs/{job['id']}/cancel")
+            assert r.status_code == 200 and r.json()["status"] == "cancelled"
+            ended = polled.result(timeout=15)
+        assert ended.status_code == 200 and ended.json()["status"] == "cancelled"
         assert r.json()["request_counts"]["cancelled"] == 1
         assert error(c.post(f"/v1/jobs/{job['id']}/cancel"), 409)["code"] == "not_cancellable"
         out = results(c, job["id"])
