@@ -47,6 +47,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--http-client", default="mini", choices=["mini", "httpx"], help="see bench/http.py"
     )
     p.add_argument(
+        "--wait-style",
+        default="prefer",
+        choices=["prefer", "poll"],
+        help="online clients wait in the POST (Prefer: wait=30) or POST then GET ?wait=30",
+    )
+    p.add_argument(
         "--light-rate", type=float, help="online-light arrivals/s (default 10%% of online)"
     )
     p.add_argument("--scale", type=float, default=1.0, help="multiply naive/online/bulk counts")
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     settings.update(
         models_dir=str(models_dir),
         clients=args.clients,
+        wait_style=args.wait_style,
         provider=args.provider,
         database_url=db_url.split("@")[-1],
         scale=args.scale,

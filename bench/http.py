@@ -28,7 +28,9 @@ def _decode(data: bytes) -> Any:
 
 
 class JsonClient(Protocol):
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]: ...
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]: ...
 
     async def aclose(self) -> None: ...
 
@@ -62,10 +64,13 @@ class MiniClient:
         if conn in self._all:
             self._all.remove(conn)
 
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         payload = b"" if body is None else orjson.dumps(body)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
         while True:
@@ -135,10 +140,14 @@ class HttpxClient:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self.client = httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits)
 
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         content = None if body is None else orjson.dumps(body)
-        headers = {"content-type": "application/json"} if body is not None else None
-        r = await self.client.request(method, path, content=content, headers=headers)
+        sent = dict(headers or {})
+        if body is not None:
+            sent["content-type"] = "application/json"
+        r = await self.client.request(method, path, content=content, headers=sent)
         return r.status_code, _decode(r.content)
 
     async def aclose(self) -> None:

@@ -146,7 +146,12 @@ def _online(stack: Stack, args: argparse.Namespace, name: str, m: dict[str, Any]
     items = inputs_for(m["kind"], sz.online, n_features=m["n_features"])
     say(f"online {name}: {len(items)} items, {args.clients} clients …")
     run = partial(
-        scenarios.online, stack.base_url, name, clients=args.clients, http=args.http_client
+        scenarios.online,
+        stack.base_url,
+        name,
+        clients=args.clients,
+        http=args.http_client,
+        prefer_wait=args.wait_style == "prefer",
     )
     with metered(m, "online", len(items), _groups(stack)):
         o = m["online"] = run(items, warmup=2 * args.clients)
@@ -187,6 +192,7 @@ def _online_light(stack: Stack, args: argparse.Namespace, name: str, m: dict[str
             rate=rate,
             single_item_ms=m.get("single_item_ms", 0.0),
             http=args.http_client,
+            prefer_wait=args.wait_style == "prefer",
         )
     say(
         f"  online-light {name}: p50 {lt['p50_ms']} ms, p99 {lt['p99_ms']} ms "

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import httpx
@@ -71,10 +72,24 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-async def _predict(client: JsonClient, model: str, item: dict[str, Any]) -> Sample:
-    """POST one input, long-poll it until final."""
+PREFER_WAIT = {"Prefer": "wait=30"}
+
+
+async def _predict(
+    client: JsonClient, model: str, item: dict[str, Any], *, prefer_wait: bool = True
+) -> Sample:
+    """POST one input and wait for its result: in the POST itself (``Prefer: wait``, answered
+    200 once final), else (202) by long-polling ``GET ?wait=30`` until final."""
     t0 = time.perf_counter()
-    status, doc = await client.request("POST", "/v1/predictions", {"model": model, "input": item})
+    status, doc = await client.request(
+        "POST",
+        "/v1/predictions",
+        {"model": model, "input": item},
+        headers=PREFER_WAIT if prefer_wait else None,
+    )
+    if status == 200 and doc["status"] in FINAL:
+        done = time.perf_counter()
+        return Sample(t0, done, doc["status"], doc.get("batch_size"), *_stamps(doc))
     if status != 202:
         raise BenchError(f"POST /v1/predictions answered {status}: {str(doc)[:300]}")
     path = f"/v1/predictions/{doc['id']}?wait=30"
@@ -111,7 +126,12 @@ def _latency_figures(samples: list[Sample]) -> dict[str, Any]:
 
 
 async def _closed_loop(
-    base_url: str, model: str, inputs: list[dict[str, Any]], clients: int, http: str
+    base_url: str,
+    model: str,
+    inputs: list[dict[str, Any]],
+    clients: int,
+    http: str,
+    prefer_wait: bool,
 ) -> tuple[list[Sample], float]:
     todo = iter(inputs)
     samples: list[Sample] = []
@@ -119,7 +139,7 @@ async def _closed_loop(
 
     async def worker() -> None:
         for item in todo:
-            samples.append(await _predict(client, model, item))
+            samples.append(await _predict(client, model, item, prefer_wait=prefer_wait))
 
     t0 = time.perf_counter()
     try:
@@ -137,13 +157,17 @@ def online(
     clients: int,
     warmup: int,
     http: str = "mini",
+    prefer_wait: bool = True,
     during: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> dict[str, Any]:
     """``online``: items/s from the first POST to the last stored result, latencies, batch."""
+    loop = partial(
+        _closed_loop, base_url, model, clients=clients, http=http, prefer_wait=prefer_wait
+    )
     if warmup:
-        asyncio.run(_closed_loop(base_url, model, inputs[:warmup], clients, http))
+        asyncio.run(loop(inputs[:warmup]))
     with during():
-        samples, t0 = asyncio.run(_closed_loop(base_url, model, inputs, clients, http))
+        samples, t0 = asyncio.run(loop(inputs))
     elapsed = max(s.done for s in samples) - t0
     return {
         "items_per_s": round(len(samples) / elapsed, 1),
@@ -154,7 +178,13 @@ def online(
 
 
 async def _open_loop(
-    base_url: str, model: str, inputs: list[dict[str, Any]], rate: float, seed: int, http: str
+    base_url: str,
+    model: str,
+    inputs: list[dict[str, Any]],
+    rate: float,
+    seed: int,
+    http: str,
+    prefer_wait: bool,
 ) -> list[Sample]:
     rng = random.Random(seed)
     client = make_client(http, base_url, 256)
@@ -166,7 +196,9 @@ async def _open_loop(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_predict(client, model, item)))
+            tasks.append(
+                asyncio.create_task(_predict(client, model, item, prefer_wait=prefer_wait))
+            )
         return list(await asyncio.gather(*tasks))
     finally:
         await client.aclose()
@@ -180,10 +212,11 @@ def online_light(
     rate: float,
     single_item_ms: float,
     http: str = "mini",
+    prefer_wait: bool = True,
     seed: int = 7,
 ) -> dict[str, Any]:
     """``online-light``: Poisson arrivals at ``rate``/s; latency minus the model's own time."""
-    samples = asyncio.run(_open_loop(base_url, model, inputs, rate, seed, http))
+    samples = asyncio.run(_open_loop(base_url, model, inputs, rate, seed, http, prefer_wait))
     figures = _latency_figures(samples)
     span = max(s.started for s in samples) - min(s.started for s in samples)
     return {

@@ -48,8 +48,15 @@ async def create_prediction(
     rt: RuntimeDep,
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    prefer: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSON:
-    """Queue one input (``input``) or several (``inputs``) for a model."""
+    """Queue one input (``input``) or several (``inputs``) for a model.
+
+    ``Prefer: wait=<seconds>`` (RFC 7240, at most 30) on a single input holds the answer until
+    the prediction is final: ``200`` with the whole prediction (as ``GET`` gives it) when it
+    ended in time, else ``202`` with its state then; ``Preference-Applied`` says it was used.
+    """
+    wait = prefer_wait(prefer)
     body = await parse_body(request, PredictionCreate)
     many = body.inputs is not None
     sub = service.Submission(
@@ -93,7 +100,40 @@ async def create_prediction(
         ]
     if many:
         return JSON({"predictions": rows}, status_code=202)
-    return JSON(rows[0], status_code=202, headers={"Location": f"/v1/predictions/{rows[0]['id']}"})
+    pid = rows[0]["id"]
+    headers = {"Location": f"/v1/predictions/{pid}"}
+    if wait is None:
+        return JSON(rows[0], status_code=202, headers=headers)
+    p = await _wait_final(rt, tenant, pid, wait)
+    headers["Preference-Applied"] = f"wait={prefer_value(wait)}"
+    final = Status(p.status).is_final
+    return JSON(prediction_public(p), status_code=200 if final else 202, headers=headers)
+
+
+def prefer_wait(header: str | None) -> float | None:
+    """The ``wait`` preference of a ``Prefer`` header in seconds (None: not asked for); other
+    preferences are ignored, as RFC 7240 says. A ``wait`` that is not 0-30 seconds is a 422."""
+    if not header:
+        return None
+    for pref in header.split(","):
+        name, _, value = pref.split(";")[0].strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= MAX_WAIT_S or seconds != seconds:
+            raise InvalidInput(
+                f"Prefer: wait={value!r} is not a number of seconds from 0 to {MAX_WAIT_S:g}"
+            )
+        return seconds
+    return None
+
+
+def prefer_value(seconds: float) -> str:
+    return f"{seconds:g}"
 
 
 async def submit(rt: Runtime, sub: service.Submission) -> list[Prediction] | None:

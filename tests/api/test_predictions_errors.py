@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -173,6 +174,10 @@ def test_errors_lose_nothing(api_only: Stack, pg_url: str) -> None:
         post(api_only, {"model": "nope", "input": {}}, key="key-c")
     bad_many = {"model": "minilm-embed", "inputs": [{"text": "a"}, {"text": 1}]}
     assert post(api_only, bad_many, key="key-c").status_code == 422  # the valid one is not kept
+    churn = {"model": "churn-risk", "input": {"features": [1.0] * 12}}
+    for bad in ("wait=31", "wait=-1", "wait=soon", "respond-async, wait=nan"):
+        r = post(api_only, churn, key="key-c", headers={"Prefer": bad})
+        assert "is not a number of seconds from 0 to 30" in error(r, 422, "invalid_input")
     engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as conn:
         stored = conn.scalar(
@@ -198,3 +203,23 @@ def test_models_listing(api_only: Stack) -> None:
             "sha256",
         } <= set(m)
     assert models["churn-risk"]["kind"] == "tabular"
+
+
+def test_prefer_wait_on_a_request_that_does_not_finish(api_only: Stack) -> None:
+    """No worker here: ``Prefer: wait`` holds the POST for the wait, then answers 202."""
+    t0 = time.monotonic()
+    r = post(api_only, CHURN, headers={"Prefer": "wait=0.5"})
+    assert time.monotonic() - t0 >= 0.45
+    assert r.status_code == 202 and r.headers["preference-applied"] == "wait=0.5"
+    body = r.json()
+    assert body["status"] == "queued" and body["model"] == "churn-risk"
+    assert r.headers["location"] == f"/v1/predictions/{body['id']}"
+    # other preferences are ignored (RFC 7240): a plain 202 at once
+    plain = post(api_only, CHURN, headers={"Prefer": "respond-async, return=minimal"})
+    assert plain.status_code == 202 and "preference-applied" not in plain.headers
+    assert set(plain.json()) == {"id", "status", "model", "created_at"}
+    # several inputs: the preference does not apply
+    many = {"model": "churn-risk", "inputs": [{"features": [1.0] * 12}] * 2}
+    both = post(api_only, many, headers={"Prefer": "wait=5"})
+    assert both.status_code == 202 and "preference-applied" not in both.headers
+    assert [p["status"] for p in both.json()["predictions"]] == ["queued", "queued"]

@@ -57,6 +57,17 @@ def test_submit_poll_and_webhook(
         churn = c.post(
             "/v1/predictions", json={"model": "churn-risk", "input": {"features": [3.0] * 12}}
         )
+        # Prefer: wait answers the POST itself with the finished prediction (200)
+        now = c.post(
+            "/v1/predictions",
+            json={"model": "churn-risk", "input": {"features": [2.0] * 12}},
+            headers={"Prefer": "wait=30"},
+        )
+        assert now.status_code == 200 and now.headers["preference-applied"] == "wait=30"
+        done = now.json()
+        assert done["status"] == "succeeded" and 0.0 <= done["output"]["probability"] <= 1.0
+        assert now.headers["location"] == f"/v1/predictions/{done['id']}"
+        assert c.get(now.headers["location"]).json() == done
         many = c.post(
             "/v1/predictions",
             json={
