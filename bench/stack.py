@@ -253,6 +253,8 @@ class Stack:
         raise TimeoutError(f"api did not answer:\n{self.api.output()[-3000:]}")
 
     def start(self) -> Stack:
+        if self.api is not None or self.workers:
+            raise RuntimeError("this stack is already started (with Stack(cfg) starts it)")
         try:
             self._start()
         except BaseException:
