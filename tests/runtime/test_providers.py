@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
 
 from app.registry import Registry
@@ -35,6 +36,11 @@ def test_cpu_session_runs_the_demo_models(models_dir: Path) -> None:
     vecs = np.asarray([o["embedding"] for o in out])
     assert vecs.shape == (2, 384)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    # what workers store: each float32 as its shortest text, read back to the very same float32
+    text = orjson.dumps(out[0], option=orjson.OPT_SERIALIZE_NUMPY)
+    back = np.asarray(orjson.loads(text)["embedding"], dtype=np.float32)
+    assert np.array_equal(back, out[0]["embedding"])
+    assert len(text) < 384 * 13  # float64 repr of the same values takes ~19 characters each
 
 
 def test_padding_does_not_change_an_embedding(models_dir: Path) -> None:
