@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.batching import BatchItem, DynamicBatcher, Outcome
 from app.db import predictions as crud
 from app.db.base import utcnow
-from app.db.engine import session_scope
+from app.db.engine import one_statement, session_scope
 from app.registry import Registry
 from app.runtime.adapters import Adapter, load_adapter
 from app.settings import Settings
@@ -219,8 +219,8 @@ class ExecutorPool:
         """Claim a message's runnable ids and run them, grouped by the version each was
         accepted for. Ids already finished, cancelled or held by another worker are skipped."""
         lease = timedelta(seconds=self.settings.lease_seconds)
-        with session_scope(self.sessions) as s:
-            rows = crud.claim(session=s, ids=ids, lease=lease)
+        with one_statement(self.sessions) as conn:  # one UPDATE: its own transaction
+            rows = crud.claim(session=conn, ids=ids, lease=lease)
         by_version: dict[str, list[crud.Claimed]] = {}
         for r in rows:
             if r.model == model:

@@ -16,6 +16,7 @@ from api.metrics import SUBMITTED
 from api.responses import JSON
 from api.schemas import PredictionCreate
 from app import service
+from app.db.engine import one_statement
 from app.db.models import Prediction, Status
 from app.errors import InvalidInput, NotFound
 from app.views import iso, prediction_public
@@ -177,7 +178,7 @@ READ_MANY = select(*READ_COLUMNS).where(Prediction.id.in_(bindparam("ids", expan
 
 def load_many(rt: Runtime, ids: list[str]) -> list[Any]:
     """One SELECT for many reads (the loader coalescer's flush)."""
-    with rt.engine.connect() as conn:
+    with one_statement(rt.engine) as conn:
         rows = conn.execute(READ_MANY, {"ids": ids})
         found = {r.id: r for r in rows}
     return [found.get(i) for i in ids]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
@@ -67,6 +67,15 @@ def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool =
         connect_args=connect_args,
         **JSON_CODEC,
     )
+
+
+@contextmanager
+def one_statement(bind: Engine | sessionmaker[Session]) -> Iterator[Connection]:
+    """A pooled connection in autocommit mode, for a single statement that is its own
+    transaction (a claim, a read): no BEGIN and COMMIT/ROLLBACK round trips around it."""
+    engine = bind if isinstance(bind, Engine) else bind.kw["bind"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -109,7 +109,7 @@ class Claimed:
     deadline_at: datetime | None
 
 
-def claim(*, session: Session, ids: Sequence[str], lease: timedelta) -> list[Claimed]:
+def claim(*, session: Session | Connection, ids: Sequence[str], lease: timedelta) -> list[Claimed]:
     """Take the runnable ones of ``ids`` (queued, or running under a lease that ran out):
     mark them running under a new lease and return them. Cancelled, finished and
     otherwise-held rows are left alone, so a message delivered twice runs nothing twice."""
