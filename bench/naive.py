@@ -42,7 +42,8 @@ def predict(model: str, item: dict[str, Any]) -> dict[str, Any]:
     """One item through the model: tokenise, run, return the output (to the result backend)."""
     adapter = _adapter(model)
     result: dict[str, Any] = adapter.run(adapter.prepare([item]))[0]
-    return result
+    # arrays (embeddings) as lists, as such a task would return them to a JSON result backend
+    return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in result.items()}
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from app.registry import Registry
-from bench import raw
+from bench import naive, raw
 from bench.__main__ import parse
 from bench.corpus import churn_rows, inputs_for, ticket_texts
 from bench.http import MiniClient
@@ -182,6 +182,17 @@ def test_raw_runs_64_items_and_returns_positive_figures(models_dir: Path) -> Non
         raw.RawSpec(models_dir, "churn-risk", 64, min_seconds=0.0), procs=1, batch_sizes=[1, 64]
     )
     assert tab.best > 0
+
+
+def test_naive_task_returns_what_a_json_result_backend_takes(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERQ_MODELS_DIR", str(models_dir))
+    monkeypatch.setattr(naive, "_adapters", {})
+    emb = json.loads(json.dumps(naive.predict("minilm-embed", {"text": "refund please"})))
+    assert len(emb["embedding"]) == 384
+    churn = naive.predict("churn-risk", {"features": [0.5] * 12})
+    assert 0.0 <= json.loads(json.dumps(churn))["probability"] <= 1.0
 
 
 def test_profile_summary_attributes_samples(tmp_path: Path) -> None:
