@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     job_chunk_lines: int = 0
     """Inputs per chunk of a bulk job; 0: 4096 for tabular models, 8 model batches for text."""
 
+    job_tail_split: int = 4
+    """The end of a job's input (its last chunk's worth of lines and the rest) goes out in
+    chunks this many times smaller, so workers finish the job together (1: chunks all the same
+    size)."""
+
     job_batch_tokens: int = 512
     """Padded tokens per model batch of a bulk job's text (0: only ``max_batch_size`` counts).
     On CPU a batch whose activations fit the cache runs faster than a bigger one; raise it on

@@ -4,6 +4,10 @@
 (one message per chunk) as soon as it is full, so workers start on a big file while it is still
 uploading. The job ends only once it is sealed (every chunk stored), so an early chunk finishing
 cannot end it.
+
+The last full chunk's worth of lines is held back until the input ends, then cut with the rest
+into chunks ``job_tail_split`` times smaller: the job's end is spread over small pieces, so one
+worker is not left running a whole chunk alone while the others have nothing to take.
 """
 
 from __future__ import annotations
@@ -128,9 +132,16 @@ class JobWriter:
             L.check_first_line(records[0], self.filename)
         self._pending.extend(records)
         n = self.chunk_lines
-        while len(self._pending) >= n:
+        while len(self._pending) >= 2 * n:  # one chunk's worth stays for the tail
             self._cut(self._pending[:n])
             del self._pending[:n]
+
+    def _cut_tail(self) -> None:
+        """The input has ended: what is pending (less than two chunks) goes in small chunks."""
+        size = max(1, self.chunk_lines // max(1, self.settings.job_tail_split))
+        for start in range(0, len(self._pending), size):
+            self._cut(self._pending[start : start + size])
+        self._pending = []
 
     def _cut(self, records: list[bytes]) -> None:
         blob = b"\n".join(records)
@@ -204,9 +215,7 @@ class JobWriter:
     def finish(self, source: dict[str, Any], provenance: dict[str, Any] | None = None) -> Job:
         """Store the last chunks and seal the job; ``InvalidInput`` when there was no input."""
         self._take(self.splitter.end())
-        if self._pending:
-            self._cut(self._pending)
-            self._pending = []
+        self._cut_tail()
         if self.total == 0:
             what = "only a header" if self.columns is not None else "no input lines"
             raise InvalidInput(f"{self.filename or 'the input'} has {what}", code="empty_input")

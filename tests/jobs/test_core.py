@@ -114,7 +114,9 @@ class Env:
 
 @pytest.fixture
 def env(pg_url: str, pg_sessions: sessionmaker[Session], models_dir: Path) -> Env:
-    settings = build_settings(database_url=pg_url, models_dir=models_dir, job_chunk_lines=100)
+    settings = build_settings(
+        database_url=pg_url, models_dir=models_dir, job_chunk_lines=100, job_tail_split=1
+    )
     return Env(pg_sessions, settings, Registry(models_dir), Recorder())
 
 
@@ -154,6 +156,29 @@ def test_a_jsonl_job_runs_to_the_end_with_per_line_errors(env: Env) -> None:
     prov = job.provenance
     assert prov["model"]["name"] == "churn-risk" and len(prov["model"]["sha256"]) == 64
     assert prov["source"]["lines"] == 300 and prov["inferq_version"]
+
+
+def test_the_end_of_a_job_goes_out_in_smaller_chunks(env: Env) -> None:
+    """The last full chunk's worth is held back until the input ends, then cut with the rest
+    into quarter chunks: workers finish a job together instead of one running a whole chunk."""
+    env.settings.job_tail_split = 4
+    writer = env.open_upload("churn-risk")
+    writer.feed(b"\n".join(churn_lines(330)) + b"\n")
+    with env.sessions() as s:  # while the upload goes on: full chunks, one chunk's worth held
+        assert s.scalars(select(JobChunk.n_lines).order_by(JobChunk.seq)).all() == [100, 100]
+    writer.feed(b"\n".join(churn_lines(100)) + b"\n")
+    job = writer.finish({"type": "upload"})
+    with env.sessions() as s:
+        chunks = s.execute(
+            select(JobChunk.seq, JobChunk.start_index, JobChunk.n_lines).order_by(JobChunk.seq)
+        ).all()
+    assert [c.n_lines for c in chunks] == [100, 100, 100, 25, 25, 25, 25, 25, 5]
+    assert [c.start_index for c in chunks] == [0, 100, 200, 300, 325, 350, 375, 400, 425]
+    assert job.chunks_total == 9 and [seq for _, _, seq in env.pub.sent] == list(range(9))
+    env.run_all()
+    assert (env.job(job.id).status, env.job(job.id).succeeded) == ("succeeded", 430)
+    out = [orjson.loads(x) for x in env.results(job.id).splitlines()]
+    assert [o["index"] for o in out] == list(range(430))
 
 
 def test_flat_lines_rows_and_blank_lines(env: Env) -> None:
@@ -367,7 +392,7 @@ def test_a_model_gone_from_the_worker_fails_each_line(env: Env) -> None:
 
 def test_an_upload_that_died_half_way_is_dropped_by_the_sweeper(env: Env) -> None:
     writer = env.open_upload("churn-risk")
-    writer.feed(b"\n".join(churn_lines(150)) + b"\n")  # one chunk stored, then the uploader dies
+    writer.feed(b"\n".join(churn_lines(250)) + b"\n")  # one chunk stored, then the uploader dies
     assert sweep_jobs(sessions=env.sessions, publisher=env.pub, settings=env.settings).dropped == 0
     with env.sessions.begin() as s:
         s.execute(update(Job).values(updated_at=utcnow() - timedelta(hours=1)))
@@ -382,7 +407,7 @@ def test_an_aborted_upload_is_dropped_while_a_worker_finishes_one_of_its_chunks(
     """A worker locks a chunk, then the job (``finish_chunk``); dropping the upload at the same
     time must neither deadlock with it nor leave the job for the sweeper."""
     writer = env.open_upload("churn-risk")
-    writer.feed(b"\n".join(churn_lines(250)) + b"\n")  # two chunks stored, the upload goes on
+    writer.feed(b"\n".join(churn_lines(350)) + b"\n")  # two chunks stored, the upload goes on
     job_id = writer.job_id
     worker = env.sessions()
     worker.execute(  # the worker's transaction holds chunk 0 ...
