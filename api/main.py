@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
@@ -170,6 +171,16 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
     app.include_router(predictions.router)
     for router in extra_routers():
         app.include_router(router)
+    # Matched before the documented FastAPI route of the same path (see create_prediction_fast).
+    app.router.routes.insert(
+        0,
+        Route(
+            "/v1/predictions",
+            predictions.create_prediction_fast,
+            methods=["POST"],
+            include_in_schema=False,
+        ),
+    )
 
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

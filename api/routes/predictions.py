@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import bindparam, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Runtime, RuntimeDep, TenantDep
+from api.deps import Runtime, RuntimeDep, TenantDep, get_tenant
 from api.longpoll import MAX_WAIT_S, wait_final
 from api.metrics import SUBMITTED
 from api.responses import JSON
@@ -56,7 +56,33 @@ async def create_prediction(
     ``Prefer: wait=<seconds>`` (RFC 7240, at most 30) on a single input holds the answer until
     the prediction is final: ``200`` with the whole prediction (as ``GET`` gives it) when it
     ended in time, else ``202`` with its state then; ``Preference-Applied`` says it was used.
+
+    Served by ``create_prediction_fast`` (same contract); this route documents it in OpenAPI.
     """
+    return await _create(request, rt, tenant, idempotency_key, prefer)
+
+
+MAX_HEADER = 255
+
+
+async def create_prediction_fast(request: Request) -> JSON:
+    """``POST /v1/predictions`` as a plain Starlette endpoint: the API's hottest route, without
+    FastAPI's per-request dependency solving (a third of the API process's CPU under load).
+    Same checks, same errors, same answers as ``create_prediction``."""
+    rt: Runtime = request.app.state.runtime
+    tenant = await get_tenant(request, rt)
+    headers = request.headers
+    idempotency_key = headers.get("idempotency-key")
+    prefer = headers.get("prefer")
+    for name, value in (("idempotency-key", idempotency_key), ("prefer", prefer)):
+        if value is not None and len(value) > MAX_HEADER:
+            raise InvalidInput(f"header.{name}: String should have at most {MAX_HEADER} characters")
+    return await _create(request, rt, tenant, idempotency_key, prefer)
+
+
+async def _create(
+    request: Request, rt: Runtime, tenant: str, idempotency_key: str | None, prefer: str | None
+) -> JSON:
     wait = prefer_wait(prefer)
     body = await parse_body(request, PredictionCreate)
     many = body.inputs is not None

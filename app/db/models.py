@@ -49,7 +49,8 @@ class Prediction(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     metadata_: Mapped[Any | None] = mapped_column("metadata", JSONType, nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    """The caller's key (at most 255 characters) and ``#<index of the input>``."""
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     job_index: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -223,3 +223,18 @@ def test_prefer_wait_on_a_request_that_does_not_finish(api_only: Stack) -> None:
     both = post(api_only, many, headers={"Prefer": "wait=5"})
     assert both.status_code == 202 and "preference-applied" not in both.headers
     assert [p["status"] for p in both.json()["predictions"]] == ["queued", "queued"]
+
+
+def test_header_limits_and_the_documented_route(api_only: Stack) -> None:
+    """``POST /v1/predictions`` is served by a plain Starlette endpoint; it checks what the
+    documented FastAPI route declares, and the OpenAPI document still describes it."""
+    for name in ("Idempotency-Key", "Prefer"):
+        r = post(api_only, CHURN, headers={name: "x" * 256})
+        assert "at most 255 characters" in error(r, 422, "invalid_input")
+    r = post(api_only, CHURN, headers={"Idempotency-Key": "k" * 255})  # was a 500: key + "#0"
+    again = post(api_only, CHURN, headers={"Idempotency-Key": "k" * 255})
+    assert r.status_code == again.status_code == 202 and r.json()["id"] == again.json()["id"]
+    with api_only.client() as c:
+        doc = c.get("/openapi.json").json()
+        assert "post" in doc["paths"]["/v1/predictions"]
+        error(c.put("/v1/predictions", json=CHURN), 405)
