@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Prediction
@@ -96,3 +96,27 @@ def test_broker_down_at_submit_delays_but_loses_nothing(
     live = make_stack(redis_url, beat=True, api=True)
     with live.client() as c:
         assert set(wait_all(c, ids, timeout=60).values()) == {"succeeded"}
+
+
+def test_cut_database_connections_cost_no_request(
+    make_stack: StackFactory, redis_url: str, pg_sessions: sessionmaker[Session]
+) -> None:
+    """Every pooled connection of the API and the workers dies at once (as in a Postgres
+    restart): the next requests are accepted and run; nothing is lost or left behind."""
+    stack = make_stack(redis_url)
+    churn = {"model": "churn-risk", "input": {"features": [0.5] * 12}}
+    with stack.client() as c:
+        warm = c.post("/v1/predictions", json=churn, headers={"Prefer": "wait=30"})
+        assert warm.status_code == 200 and warm.json()["status"] == "succeeded"
+        with pg_sessions() as s:
+            cut = s.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        assert len(cut) >= 3, "expected the API's and the workers' connections"
+        resp = [c.post("/v1/predictions", json=churn) for _ in range(5)]
+        assert [r.status_code for r in resp] == [202] * 5, [r.text for r in resp]
+        statuses = wait_all(c, [r.json()["id"] for r in resp], timeout=60)
+    assert set(statuses.values()) == {"succeeded"}
