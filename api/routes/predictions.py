@@ -23,6 +23,9 @@ from app.views import iso, prediction_public
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
+MAX_HEADER = 255
+"""Longest ``Idempotency-Key`` and ``Prefer`` header accepted."""
+
 
 async def parse_body(request: Request, schema: type[PredictionCreate]) -> PredictionCreate:
     """Read and validate a JSON body; every way it can be wrong is a 422 ``invalid_input``."""
@@ -48,8 +51,8 @@ async def create_prediction(
     request: Request,
     rt: RuntimeDep,
     tenant: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-    prefer: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=MAX_HEADER)] = None,
+    prefer: Annotated[str | None, Header(max_length=MAX_HEADER)] = None,
 ) -> JSON:
     """Queue one input (``input``) or several (``inputs``) for a model.
 
@@ -60,9 +63,6 @@ async def create_prediction(
     Served by ``create_prediction_fast`` (same contract); this route documents it in OpenAPI.
     """
     return await _create(request, rt, tenant, idempotency_key, prefer)
-
-
-MAX_HEADER = 255
 
 
 async def create_prediction_fast(request: Request) -> JSON:
@@ -132,7 +132,7 @@ async def _create(
     if wait is None:
         return JSON(rows[0], status_code=202, headers=headers)
     p = await _wait_final(rt, tenant, pid, wait)
-    headers["Preference-Applied"] = f"wait={prefer_value(wait)}"
+    headers["Preference-Applied"] = f"wait={wait:g}"
     final = Status(p.status).is_final
     return JSON(prediction_public(p), status_code=200 if final else 202, headers=headers)
 
@@ -151,16 +151,12 @@ def prefer_wait(header: str | None) -> float | None:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if not 0 <= seconds <= MAX_WAIT_S or seconds != seconds:
+        if not 0 <= seconds <= MAX_WAIT_S:  # NaN fails the comparison too
             raise InvalidInput(
                 f"Prefer: wait={value!r} is not a number of seconds from 0 to {MAX_WAIT_S:g}"
             )
         return seconds
     return None
-
-
-def prefer_value(seconds: float) -> str:
-    return f"{seconds:g}"
 
 
 async def submit(rt: Runtime, sub: service.Submission) -> list[Prediction] | None:

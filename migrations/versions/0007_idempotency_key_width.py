@@ -19,21 +19,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def upgrade() -> None:
+def _width(old: int, new: int) -> None:
     with op.batch_alter_table("predictions") as batch:
         batch.alter_column(
             "idempotency_key",
-            existing_type=sa.String(length=255),
-            type_=sa.String(length=320),
+            existing_type=sa.String(length=old),
+            type_=sa.String(length=new),
             existing_nullable=True,
         )
+
+
+def upgrade() -> None:
+    _width(255, 320)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("predictions") as batch:
-        batch.alter_column(
-            "idempotency_key",
-            existing_type=sa.String(length=320),
-            type_=sa.String(length=255),
-            existing_nullable=True,
-        )
+    _width(320, 255)
