@@ -18,7 +18,7 @@ from typing import Any
 
 from bench import naive, raw, scenarios
 from bench.corpus import inputs_for
-from bench.procstat import CpuMeter, children, pids_named
+from bench.procstat import CpuMeter, children, machine_busy_seconds, pids_named
 from bench.profile import PySpy, py_spy, summarize
 from bench.stack import (
     Stack,
@@ -214,6 +214,44 @@ def _bulk(stack: Stack, args: argparse.Namespace, name: str, m: dict[str, Any]) 
 INFERQ_SCENARIOS = {"online": _online, "online-light": _online_light, "bulk": _bulk}
 
 
+def settle(
+    database_url: str, *, quiet: float = 0.25, timeout: float = 20.0
+) -> dict[str, float | bool]:
+    """Before each inferq scenario: have Postgres do now the work the last one deferred
+    (``CHECKPOINT`` writes its dirty pages, ``VACUUM (ANALYZE)`` clears its dead rows), then wait
+    until the machine is quiet (a second under ``quiet`` of all cores busy), so that neither is
+    billed to the next scenario (the light-load latencies above all). What it took is recorded."""
+    from sqlalchemy.engine import make_url
+
+    t0 = time.monotonic()
+    flushed = False
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        import psycopg
+
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute("CHECKPOINT")
+                conn.execute("VACUUM (ANALYZE)")
+            flushed = True
+        except psycopg.Error as exc:  # not allowed (CHECKPOINT needs pg_checkpoint): say so
+            say(f"  settle: {type(exc).__name__}: {str(exc).strip()[:120]}")
+    busy = 1.0
+    while time.monotonic() - t0 < timeout:
+        b0, c0 = machine_busy_seconds()
+        time.sleep(1.0)
+        b1, c1 = machine_busy_seconds()
+        busy = (b1 - b0) / max(c1 - c0, 1e-9)
+        if busy < quiet:
+            break
+    return {
+        "seconds": round(time.monotonic() - t0, 2),
+        "db_flushed": flushed,
+        "busy": round(busy, 2),
+    }
+
+
 def idle_cpu(stack: Stack, seconds: float = 3.0) -> dict[str, float]:
     """What the started stack burns doing nothing (beat, pollers, timers), per second."""
     meter = CpuMeter(
@@ -249,6 +287,7 @@ def phase_inferq(
         for name, m in res.items():
             for scenario, run in INFERQ_SCENARIOS.items():
                 if scenario in args.scenarios.split(","):
+                    m.setdefault("settle", {})[scenario] = settle(cfg.database_url)
                     run(stack, args, name, m)
         meta["providers_used_by_workers"] = stack.providers_used()
         say(f"workers' ONNX sessions run on {meta['providers_used_by_workers']}")

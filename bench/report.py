@@ -263,6 +263,16 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "raw = the better of the multi-process and the one-process sweeps; added latency = "
         "online-light latency minus the model's single-item time (raw, 1 process, batch 1).",
     ]
+    settles = [v for m in doc["models"].values() for v in (m.get("settle") or {}).values()]
+    if settles:
+        lines.append(
+            "Before each inferq scenario the bench settles: Postgres CHECKPOINT and VACUUM "
+            "(ANALYZE) (done: "
+            f"{sum(bool(v['db_flushed']) for v in settles)} of {len(settles)}), then a wait "
+            "until the machine is under 25 % busy for a second "
+            f"(longest {max(v['seconds'] for v in settles)} s), so that no scenario pays for "
+            "the database work the one before deferred."
+        )
     idle = meta.get("idle_cpu_ms_per_s")
     if idle:
         lines.append(f"CPU the idle stack uses (ms per second): {idle}.")

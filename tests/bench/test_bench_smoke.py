@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from tokenizers import Tokenizer
 
 from app.registry import Registry
@@ -17,11 +19,13 @@ from bench import naive, raw
 from bench.__main__ import parse
 from bench.corpus import churn_rows, inputs_for, ticket_texts
 from bench.http import MiniClient
+from bench.phases import settle
 from bench.procstat import CpuMeter, RssSampler, children, cpu_seconds
 from bench.profile import summarize
 from bench.report import ratios, write_report
 from bench.scenarios import percentile
 from tests.support.receiver import Receiver
+from tests.support.services import unique
 
 
 def test_corpus_is_deterministic_and_within_8_to_120_tokens(models_dir: Path) -> None:
@@ -86,6 +90,10 @@ def _fake_results() -> dict[str, Any]:
             "added_p99_ms": 37.62,
         },
         "bulk": {"items_per_s": 600.0, "n": 1000, "peak_rss_mib": {"api": 150.0}},
+        "settle": {
+            "online": {"seconds": 1.5, "db_flushed": True, "busy": 0.1},
+            "bulk": {"seconds": 3.25, "db_flushed": False, "busy": 0.3},
+        },
         "cpu": {
             "online": {
                 "api": 1.0,
@@ -142,6 +150,8 @@ def test_report_writes_valid_json_and_markdown_with_the_ratios(tmp_path: Path) -
     assert "| churn-risk | - | - | - | - / - |" in text
     assert "Test CPU, 2 cores" in text
     assert "**minilm-embed, worker0**" in text
+    assert "CHECKPOINT and VACUUM (ANALYZE) (done: 1 of 2)" in text
+    assert "(longest 3.25 s)" in text
 
 
 def test_ratios_leave_out_what_was_not_measured() -> None:
@@ -242,3 +252,44 @@ def test_cli_refuses_unknown_scenarios(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         parse(["--scenarios", "raw,fast"])
     assert "unknown scenarios ['fast']" in capsys.readouterr().err
+
+
+def test_settle_checkpoints_and_vacuums_the_database_then_waits_for_quiet(pg_url: str) -> None:
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        before = conn.execute(
+            text("SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'predictions'")
+        ).scalar_one()
+    t0 = time.monotonic()
+    out = settle(pg_url, quiet=1.01, timeout=5)
+    assert out["db_flushed"] is True
+    assert 1.0 <= out["seconds"] <= 5.5 and time.monotonic() - t0 < 30  # VACUUM, then 1 s
+    with engine.begin() as conn:
+        after = conn.execute(
+            text("SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'predictions'")
+        ).scalar_one()
+    engine.dispose()
+    assert after is not None and (before is None or after > before)
+
+
+def test_settle_says_so_when_the_role_may_not_checkpoint(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    role = unique("bench_ro_")
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        url = make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+        out = settle(url, quiet=1.01, timeout=2)
+        assert out["db_flushed"] is False
+        assert "settle: InsufficientPrivilege" in capsys.readouterr().out
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+
+
+def test_settle_only_waits_without_postgres(tmp_path: Path) -> None:
+    out = settle(f"sqlite:///{tmp_path / 'x.db'}", quiet=1.01, timeout=2)
+    assert out["db_flushed"] is False and out["seconds"] >= 1.0
