@@ -119,7 +119,7 @@ def phase_naive(cfg: StackConfig, args: argparse.Namespace, res: dict[str, Any])
     try:
         for name, m in res.items():
             sz = sizes_for(m["kind"], args.quick, args.scale)
-            items = inputs_for(m["kind"], sz.naive, n_features=m["n_features"])
+            items = inputs_for(m["kind"], sz.naive, n_features=m["n_features"], salt=1)
             say(f"naive {name}: {len(items)} items, one task each …")
             with metered(m, "naive", len(items), groups):
                 ips = naive.drive(app, name, items, warmup=4 * cfg.workers)
@@ -143,7 +143,7 @@ def _groups(stack: Stack) -> dict[str, Callable[[], list[int]]]:
 
 def _online(stack: Stack, args: argparse.Namespace, name: str, m: dict[str, Any]) -> None:
     sz = sizes_for(m["kind"], args.quick, args.scale)
-    items = inputs_for(m["kind"], sz.online, n_features=m["n_features"])
+    items = inputs_for(m["kind"], sz.online, n_features=m["n_features"], salt=2)
     say(f"online {name}: {len(items)} items, {args.clients} clients …")
     run = partial(
         scenarios.online,
@@ -182,7 +182,7 @@ def _online_light(stack: Stack, args: argparse.Namespace, name: str, m: dict[str
     capacity = (m.get("online") or m.get("naive") or {}).get("items_per_s", 50.0)
     rate = args.light_rate or 0.1 * capacity
     n = max(30, int(rate * sz.light_seconds))
-    items = inputs_for(m["kind"], n, n_features=m["n_features"], seed=11)
+    items = inputs_for(m["kind"], n, n_features=m["n_features"], salt=3)
     say(f"online-light {name}: {n} items at {rate:.1f}/s (Poisson) …")
     with metered(m, "online-light", n, _groups(stack)):
         lt = m["online_light"] = scenarios.online_light(
@@ -202,7 +202,7 @@ def _online_light(stack: Stack, args: argparse.Namespace, name: str, m: dict[str
 
 def _bulk(stack: Stack, args: argparse.Namespace, name: str, m: dict[str, Any]) -> None:
     sz = sizes_for(m["kind"], args.quick, args.scale)
-    items = inputs_for(m["kind"], sz.bulk, n_features=m["n_features"], seed=13)
+    items = inputs_for(m["kind"], sz.bulk, n_features=m["n_features"], salt=4)
     say(f"bulk {name}: one job of {len(items)} items …")
     with metered(m, "bulk", len(items), _groups(stack)):
         b = m["bulk"] = scenarios.bulk(
