@@ -139,7 +139,10 @@ class ModelExecutor:
                 priority=row.priority,
                 deadline=deadline,
             )
-            futures.append(self.batcher.submit(item))
+            waited = 0.0
+            if self.settings.count_queue_wait and row.created_at is not None:
+                waited = (now - row.created_at).total_seconds()
+            futures.append(self.batcher.submit(item, waited=waited))
         done, not_done = wait(futures, timeout=timeout)
         if not_done:
             raise TimeoutError(f"{len(not_done)} requests not stored within {timeout}s")

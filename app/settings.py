@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     writer_threads: int = 2
     """Threads per model writing batch results, so the model never waits on the database."""
 
+    count_queue_wait: bool = True
+    """A request's time between being accepted and reaching a worker's batcher counts against
+    its model's ``max_delay_ms`` (under light load it does not wait a second time; the API's and
+    the workers' clocks are taken to agree, a negative wait counts as none)."""
+
     providers: list[str] = Field(default_factory=list)
     """ONNX Runtime providers in order; empty: CUDA when available, else CPU."""
 

@@ -1,7 +1,8 @@
 """Gathers items from many in-flight messages into model batches.
 
 A batch leaves when its length bucket holds ``max_batch_size`` items or when its oldest item
-has waited ``max_delay_ms``. Items of one batch share a length bucket (little padding); within a
+has waited ``max_delay_ms`` (counted from when the request was accepted, when the caller says how
+long it waited before it got here). Items of one batch share a length bucket (little padding); within a
 bucket ``high`` priority goes before ``normal`` before ``low``, then oldest first. Items past their
 deadline leave as ``expired`` without running; items the ``admit`` hook refuses (cancelled, taken
 by another worker) are skipped. A batch that raises is bisected until only the inputs that break
@@ -91,9 +92,13 @@ class DynamicBatcher:
         self._threads: list[threading.Thread] = []
 
     # -- queue -------------------------------------------------------------------------------
-    def submit(self, item: BatchItem) -> Future[Outcome]:
-        """Queue ``item``; its future resolves to an ``Outcome`` once the batch is stored."""
-        item.enqueued_at = self.clock()
+    def submit(self, item: BatchItem, *, waited: float = 0.0) -> Future[Outcome]:
+        """Queue ``item``; its future resolves to an ``Outcome`` once the batch is stored.
+
+        ``waited``: seconds the item already spent queued before it got here (in the broker);
+        they count against ``max_delay_ms`` and its age among items of the same priority.
+        """
+        item.enqueued_at = self.clock() - max(0.0, waited)
         item.seq = next(self._seq)
         bucket = bisect.bisect_left(self.edges, item.length)
         with self._cond:

@@ -107,6 +107,7 @@ class Claimed:
     input: Any
     priority: int
     deadline_at: datetime | None
+    created_at: datetime | None = None
 
 
 def claim(*, session: Session | Connection, ids: Sequence[str], lease: timedelta) -> list[Claimed]:
@@ -134,7 +135,7 @@ def _claim_statement() -> Any:
             lease_expires_at=bindparam("lease_until", type_=t.lease_expires_at.type),
             attempts=t.attempts + 1,
         )
-        .returning(t.id, t.model, t.model_version, t.input, t.priority, t.deadline_at)
+        .returning(t.id, t.model, t.model_version, t.input, t.priority, t.deadline_at, t.created_at)
     )
 
 

@@ -70,6 +70,35 @@ def test_partial_batch_waits_for_max_delay() -> None:
     assert batch is not None and len(batch) == 1
 
 
+def test_time_spent_queued_before_the_batcher_counts_against_max_delay() -> None:
+    clock = Clock()
+    b, _, _ = make(clock)  # max_delay 10 ms
+    b.submit(BatchItem(key="late", payload=1), waited=0.012)  # 12 ms in the broker already
+    batch = b.take_batch(timeout=0)
+    assert batch is not None and [i.key for i in batch] == ["late"]
+    b.submit(BatchItem(key="some", payload=2), waited=0.004)
+    clock.advance(0.005)
+    assert b.take_batch(timeout=0) is None  # 9 ms so far
+    clock.advance(0.0015)
+    batch = b.take_batch(timeout=0)
+    assert batch is not None and [i.key for i in batch] == ["some"]
+
+
+def test_a_negative_wait_counts_as_none_and_the_longest_waiting_goes_first() -> None:
+    clock = Clock()
+    b, _, _ = make(clock, max_batch_size=2)
+    b.submit(BatchItem(key="skewed", payload=1), waited=-5.0)  # another host's clock ahead
+    clock.advance(0.009)
+    assert b.take_batch(timeout=0) is None
+    b.submit(BatchItem(key="old", payload=2), waited=0.5)
+    b.submit(BatchItem(key="older", payload=3), waited=0.8)
+    first = b.take_batch(timeout=0)
+    assert first is not None and [i.key for i in first] == ["older", "old"]
+    clock.advance(0.002)
+    second = b.take_batch(timeout=0)
+    assert second is not None and [i.key for i in second] == ["skewed"]
+
+
 def test_length_buckets_keep_padding_small() -> None:
     clock = Clock()
     b, _, _ = make(clock, length_buckets=[16, 64, 256])
