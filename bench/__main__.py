@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.settings import Settings
 from bench.phases import T0, phase_inferq, phase_naive, phase_raw, say
 from bench.report import describe_machine, library_versions, write_report
 from bench.stack import DEFAULT_BROKER, StackConfig, resolve_database
@@ -58,12 +59,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="multiply naive/online/bulk counts")
     p.add_argument("--log-level", default="INFO", help="of API and workers (INFO as the CLI)")
     p.add_argument("--no-beat", action="store_true", help="do not start celery beat")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an inferq setting for the API and workers, e.g. job_chunk_lines=1024 (repeatable)",
+    )
     p.add_argument("--profile", action="store_true", help="py-spy the API and a worker (online)")
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' log folder")
     p.add_argument("--database-url", help="default: INFERQ_DATABASE_URL, else a fresh inferq_bench")
     p.add_argument("--broker-url", help=f"default: INFERQ_BROKER_URL, else {DEFAULT_BROKER}")
     p.add_argument("--models-dir", type=Path, help="default: INFERQ_MODELS_DIR, else var/models")
     args = p.parse_args(argv)
+    args.overrides = {}
+    for item in args.set:
+        name, eq, value = item.partition("=")
+        if not eq or name.lower() not in Settings.model_fields:
+            p.error(f"--set takes NAME=VALUE with NAME an inferq setting, got {item!r}")
+        args.overrides[name.lower()] = value
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenarios {sorted(unknown)}; choose from {list(SCENARIOS)}")
@@ -117,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         providers=PROVIDERS[args.provider],
         beat=not args.no_beat,
         log_level=args.log_level,
+        overrides=args.overrides,
     )
     res = {n: model_info(models_dir, n) for n in names}
     settings = {k: v for k, v in vars(cfg).items() if k not in ("log_dir", "prefix")}

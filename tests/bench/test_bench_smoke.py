@@ -24,6 +24,7 @@ from bench.procstat import CpuMeter, RssSampler, children, cpu_seconds
 from bench.profile import summarize
 from bench.report import ratios, write_report
 from bench.scenarios import percentile
+from bench.stack import Stack, StackConfig
 from tests.support.receiver import Receiver
 from tests.support.services import unique
 
@@ -275,6 +276,22 @@ def test_cli_refuses_unknown_scenarios(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         parse(["--scenarios", "raw,fast"])
     assert "unknown scenarios ['fast']" in capsys.readouterr().err
+
+
+def test_set_passes_settings_to_the_stack_and_nothing_else_of_the_callers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    args = parse(["--set", "job_chunk_lines=1024", "--set", "COUNT_QUEUE_WAIT=false"])
+    assert args.overrides == {"job_chunk_lines": "1024", "count_queue_wait": "false"}
+    for bad in ("job_chunk_lines", "no_such_setting=1", "INFERQ_JOB_CHUNK_LINES=1"):
+        with pytest.raises(SystemExit):
+            parse(["--set", bad])
+        assert "--set takes NAME=VALUE" in capsys.readouterr().err
+    monkeypatch.setenv("INFERQ_WRITER_THREADS", "9")  # the caller's: not inherited
+    cfg = StackConfig("postgresql://x/db", "redis://x", tmp_path, [], overrides=args.overrides)
+    env = Stack(cfg).env
+    assert env["INFERQ_JOB_CHUNK_LINES"] == "1024" and env["INFERQ_COUNT_QUEUE_WAIT"] == "false"
+    assert "INFERQ_WRITER_THREADS" not in env and env["INFERQ_DATABASE_URL"] == "postgresql://x/db"
 
 
 def test_settle_checkpoints_and_vacuums_the_database_then_waits_for_quiet(pg_url: str) -> None:
