@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     stay under ``max_body_bytes``."""
 
     job_chunk_lines: int = 0
-    """Inputs per chunk of a bulk job; 0: 4096 for tabular models, 8 model batches for text."""
+    """Inputs per chunk of a bulk job; 0: 4096 for tabular models, 32 model batches for text."""
 
     job_tail_split: int = 4
     """The end of a job's input (its last chunk's worth of lines and the rest) goes out in

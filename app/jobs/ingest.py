@@ -35,7 +35,10 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 TABULAR_CHUNK = 4096
-TEXT_CHUNK_BATCHES = 8
+TEXT_CHUNK_BATCHES = 32
+"""Text chunks of 32 full batches (1,024 texts for minilm-embed): sorted by length over more texts,
+they pad less; measured: worker CPU per text 5.37-5.47 ms against 5.54-5.61 with 8 batches
+(`python -m bench --model minilm-embed --scenarios raw,bulk --set job_chunk_lines=1024`)."""
 
 
 @runtime_checkable
