@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
-from bench.phases import T0, phase_inferq, phase_naive, phase_raw, say
+from bench.phases import T0, phase_inferq, phase_naive, phase_raw, phase_raw_again, say
 from bench.report import describe_machine, library_versions, write_report
 from bench.stack import DEFAULT_BROKER, StackConfig, resolve_database
 
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         phase_naive(cfg, args, res)
     if scen & {"online", "online-light", "bulk"}:
         phase_inferq(cfg, args, res, own_db, meta)
+        if "raw" in scen:
+            phase_raw_again(cfg, args, res)
     meta["seconds"] = round(time.monotonic() - T0, 1)
     json_path, md_path, text = write_report({"meta": meta, "models": res}, args.out)
     print("\n" + text, flush=True)

@@ -79,18 +79,22 @@ def metered(
     return block()
 
 
+def _raw_spec(cfg: StackConfig, args: argparse.Namespace, name: str, kind: str) -> raw.RawSpec:
+    sz = sizes_for(kind, args.quick, args.scale)
+    return raw.RawSpec(
+        cfg.models_dir,
+        name,
+        sz.raw_items,
+        cfg.intra_op_threads,
+        tuple(cfg.providers),
+        sz.raw_min_seconds,
+    )
+
+
 def phase_raw(cfg: StackConfig, args: argparse.Namespace, res: dict[str, Any]) -> None:
     procs = args.raw_procs or (1 if args.provider == "cuda" else cfg.workers)
     for name, m in res.items():
-        sz = sizes_for(m["kind"], args.quick, args.scale)
-        spec = raw.RawSpec(
-            cfg.models_dir,
-            name,
-            sz.raw_items,
-            cfg.intra_op_threads,
-            tuple(cfg.providers),
-            sz.raw_min_seconds,
-        )
+        spec = _raw_spec(cfg, args, name, m["kind"])
         batches = raw.batch_sizes_for(m["kind"], args.provider)
         say(f"raw {name}: {procs} proc x {cfg.intra_op_threads} thread, batches {batches} …")
         r = raw.run_raw(spec, procs=procs, batch_sizes=batches)
@@ -104,6 +108,27 @@ def phase_raw(cfg: StackConfig, args: argparse.Namespace, res: dict[str, Any]) -
         m["raw_1proc"] = one.to_json()
         m["single_item_ms"] = round(1000.0 / one.items_per_s[1], 4)
         say(f"  raw {name} 1 proc: best {one.best:,.0f}/s; single item {m['single_item_ms']} ms")
+
+
+def phase_raw_again(cfg: StackConfig, args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """``raw`` once more at its best batch size after the other scenarios: how far this machine's
+    speed moved during the run (the ratios still use the first sweep, taken side by side)."""
+    settle(cfg.database_url)  # the stack is down; let Postgres finish what it left behind
+    for name, m in res.items():
+        first = m.get("raw")
+        if not first:
+            continue
+        batch = int(first["best_batch"])
+        spec = _raw_spec(cfg, args, name, m["kind"])
+        r = raw.run_raw(spec, procs=int(first["procs"]), batch_sizes=[batch])
+        start = float(first["items_per_s"][str(batch)])
+        m["raw_end"] = {
+            "batch": batch,
+            "items_per_s": round(r.best, 1),
+            "start_items_per_s": start,
+            "drift": round(r.best / start - 1, 3),
+        }
+        say(f"raw {name} again: {r.best:,.0f}/s at batch {batch} ({m['raw_end']['drift']:+.1%})")
 
 
 def phase_naive(cfg: StackConfig, args: argparse.Namespace, res: dict[str, Any]) -> None:

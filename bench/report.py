@@ -158,6 +158,13 @@ def _model_table(name: str, m: dict[str, Any]) -> list[str]:
             f"provider {raw['provider']}; single item (1 proc) "
             f"{_f(m.get('single_item_ms'), 3)} ms; by batch: {raw['items_per_s']} |"
         )
+    again = m.get("raw_end")
+    if again:
+        lines.append(
+            f"| raw again, after the other scenarios | {_f(again['items_per_s'])} | | "
+            f"{again['batch']} | {again['drift']:+.1%} against the first sweep at this batch "
+            "size: how far the machine's speed moved during the run (ratios use the first) |"
+        )
     if raw1 and raw1.get("procs") != raw.get("procs"):
         lines.append(
             f"| raw (1 proc, reference) | {_f(raw1['best'])} | | {raw1['best_batch']} | "

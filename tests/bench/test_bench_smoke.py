@@ -19,7 +19,7 @@ from bench import naive, raw
 from bench.__main__ import parse
 from bench.corpus import POOL, churn_rows, inputs_for, ticket_sample, ticket_texts
 from bench.http import MiniClient
-from bench.phases import settle
+from bench.phases import phase_raw_again, settle
 from bench.procstat import CpuMeter, RssSampler, children, cpu_seconds
 from bench.profile import summarize
 from bench.report import ratios, write_report
@@ -94,6 +94,7 @@ def _fake_results() -> dict[str, Any]:
             "best_batch": 1,
             "best": 420.0,
         },
+        "raw_end": {"batch": 16, "items_per_s": 585.0, "start_items_per_s": 650.0, "drift": -0.1},
         "single_item_ms": 2.38,
         "naive": {"items_per_s": 230.0, "n": 100},
         "online": {
@@ -175,6 +176,7 @@ def test_report_writes_valid_json_and_markdown_with_the_ratios(tmp_path: Path) -
     assert "Test CPU, 2 cores" in text
     assert "**minilm-embed, worker0**" in text
     assert "CHECKPOINT and VACUUM (ANALYZE) (done: 1 of 2)" in text
+    assert "| raw again, after the other scenarios | 585.0 | | 16 | -10.0% against" in text
     assert "(longest 3.25 s)" in text
 
 
@@ -333,3 +335,23 @@ def test_settle_says_so_when_the_role_may_not_checkpoint(
 def test_settle_only_waits_without_postgres(tmp_path: Path) -> None:
     out = settle(f"sqlite:///{tmp_path / 'x.db'}", quiet=1.01, timeout=2)
     assert out["db_flushed"] is False and out["seconds"] >= 1.0
+
+
+def test_raw_again_measures_the_best_batch_once_more_and_the_drift(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    cfg = StackConfig("sqlite://", "memory://", models_dir, ["minilm-embed"], workers=1)
+    args = parse(["--quick"])
+    res = {
+        "minilm-embed": {
+            "kind": "text-embedding",
+            "raw": {"procs": 1, "best_batch": 8, "items_per_s": {"1": 50.0, "8": 100.0}},
+        },
+        "churn-risk": {"kind": "tabular"},  # no raw sweep: nothing to repeat
+    }
+    phase_raw_again(cfg, args, res)
+    again = res["minilm-embed"]["raw_end"]
+    assert again["batch"] == 8 and again["start_items_per_s"] == 100.0
+    assert again["items_per_s"] > 0
+    assert again["drift"] == round(again["items_per_s"] / 100.0 - 1, 3)
+    assert "raw_end" not in res["churn-risk"]
