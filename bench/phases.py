@@ -239,29 +239,37 @@ def _bulk(stack: Stack, args: argparse.Namespace, name: str, m: dict[str, Any]) 
 INFERQ_SCENARIOS = {"online": _online, "online-light": _online_light, "bulk": _bulk}
 
 
+SETTLE_QUIET = 0.25
+"""``settle`` waits for a second with the machine under this share of all cores busy."""
+
+
 def settle(
-    database_url: str, *, quiet: float = 0.25, timeout: float = 20.0
+    database_url: str, *, quiet: float = SETTLE_QUIET, timeout: float = 20.0
 ) -> dict[str, float | bool]:
     """Before each inferq scenario: have Postgres do now the work the last one deferred
     (``CHECKPOINT`` writes its dirty pages, ``VACUUM (ANALYZE)`` clears its dead rows), then wait
     until the machine is quiet (a second under ``quiet`` of all cores busy), so that neither is
     billed to the next scenario (the light-load latencies above all). What it took is recorded."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    from app.settings import Settings
 
     t0 = time.monotonic()
     flushed = False
-    url = make_url(database_url)
-    if url.get_backend_name() == "postgresql":
-        import psycopg
-
-        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    url = Settings(database_url=database_url).database_url
+    if url.startswith("postgresql"):
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
         try:
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-                conn.execute("CHECKPOINT")
-                conn.execute("VACUUM (ANALYZE)")
+            with engine.connect() as conn:
+                conn.execute(text("CHECKPOINT"))
+                conn.execute(text("VACUUM (ANALYZE)"))
             flushed = True
-        except psycopg.Error as exc:  # not allowed (CHECKPOINT needs pg_checkpoint): say so
-            say(f"  settle: {type(exc).__name__}: {str(exc).strip()[:120]}")
+        except DBAPIError as exc:  # not allowed (CHECKPOINT needs pg_checkpoint): say so
+            err = exc.orig or exc
+            say(f"  settle: {type(err).__name__}: {str(err).strip()[:120]}")
+        finally:
+            engine.dispose()
     busy = 1.0
     while time.monotonic() - t0 < timeout:
         b0, c0 = machine_busy_seconds()

@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.phases import SETTLE_QUIET
+
 PACKAGES = (
     "onnxruntime",
     "onnxruntime-gpu",
@@ -276,7 +278,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "Before each inferq scenario the bench settles: Postgres CHECKPOINT and VACUUM "
             "(ANALYZE) (done: "
             f"{sum(bool(v['db_flushed']) for v in settles)} of {len(settles)}), then a wait "
-            "until the machine is under 25 % busy for a second "
+            f"until the machine is under {SETTLE_QUIET:.0%} busy for a second "
             f"(longest {max(v['seconds'] for v in settles)} s), so that no scenario pays for "
             "the database work the one before deferred."
         )

@@ -180,8 +180,9 @@ class StackConfig:
     log_level: str = "INFO"
     """Log level of every process; the CLI's default (INFO) also logs each Celery task."""
     overrides: dict[str, str] = field(default_factory=dict)
-    """Further inferq settings for the API and workers (``job_chunk_lines`` -> INFERQ_JOB_CHUNK_LINES):
-    the stack does not inherit the caller's ``INFERQ_*`` variables, so an A/B says what it sets."""
+    """Further inferq settings for the API and workers (``job_chunk_lines`` becomes
+    INFERQ_JOB_CHUNK_LINES): the stack does not inherit the caller's ``INFERQ_*`` variables, so an
+    A/B says what it sets."""
     prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="inferq-bench-")))
 

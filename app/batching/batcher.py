@@ -3,9 +3,9 @@
 A batch leaves when its length bucket holds ``max_batch_size`` items or when its oldest item
 has waited ``max_delay_ms`` (counted from when the request was accepted, when the caller says how
 long it waited before it got here). Items of one batch share a length bucket (little padding);
-within a bucket ``high`` priority goes before ``normal`` before ``low``, then oldest first. Items past their
-deadline leave as ``expired`` without running; items the ``admit`` hook refuses (cancelled, taken
-by another worker) are skipped. A batch that raises is bisected until only the inputs that break
+within a bucket ``high`` priority goes before ``normal`` before ``low``, then oldest first. Items
+past their deadline leave as ``expired`` without running; items the ``admit`` hook refuses
+(cancelled, taken by another worker) are skipped. A batch that raises is bisected until only the inputs that break
 it fail. Every batch's outcomes go to ``sink`` (one bulk write) before any future resolves;
 with a ``writer`` pool that write overlaps the next batch's run.
 """

@@ -12,13 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import predictions as crud
-from app.db.base import new_id, utcnow
 from app.db.models import Prediction, WebhookDelivery
 from app.executor import ExecutorPool
 from app.notify import CompletionHub
 from app.registry import Registry
 from app.settings import build_settings
 from app.webhooks import outbox_hook
+from tests.support.rows import add_queued
 
 
 @pytest.fixture
@@ -31,26 +31,7 @@ def hub(pg_url: str) -> Iterator[CompletionHub]:
 
 
 def add(sessions: sessionmaker[Session], model: str, inputs: list[dict]) -> list[str]:  # type: ignore[type-arg]
-    now = utcnow()
-    rows = [
-        {
-            "id": new_id("pred"),
-            "tenant": "t",
-            "model": model,
-            "model_version": "1",
-            "status": "queued",
-            "priority": 1,
-            "input": inp,
-            "callback_url": "http://127.0.0.1:9/hook",
-            "created_at": now,
-            "published_at": now,
-            "attempts": 0,
-        }
-        for inp in inputs
-    ]
-    with sessions.begin() as s:
-        crud.insert_predictions(session=s, rows=rows)
-    return [r["id"] for r in rows]
+    return add_queued(sessions, model, inputs, callback_url="http://127.0.0.1:9/hook")
 
 
 class Seen:

@@ -12,33 +12,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.batching import BatchItem
 from app.db import predictions as crud
-from app.db.base import new_id, utcnow
+from app.db.base import utcnow
 from app.db.models import Prediction
 from app.executor import ExecutorPool
 from app.registry import Registry
 from app.settings import build_settings
+from tests.support.rows import add_queued
 
 
 def add(sessions: sessionmaker[Session], created_ago: list[float]) -> list[str]:
     now = utcnow()
-    rows = [
-        {
-            "id": new_id("pred"),
-            "tenant": "t",
-            "model": "churn-risk",
-            "model_version": "1",
-            "status": "queued",
-            "priority": 1,
-            "input": {"features": [0.1] * 12},
-            "created_at": now - timedelta(seconds=ago),
-            "published_at": now,
-            "attempts": 0,
-        }
+    return [
+        add_queued(
+            sessions,
+            "churn-risk",
+            [{"features": [0.1] * 12}],
+            created_at=now - timedelta(seconds=ago),
+        )[0]
         for ago in created_ago
     ]
-    with sessions.begin() as s:
-        crud.insert_predictions(session=s, rows=rows)
-    return [r["id"] for r in rows]
 
 
 @pytest.mark.parametrize("count", [True, False])

@@ -10,10 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import predictions as crud
-from app.db.base import new_id, utcnow
+from app.db.base import utcnow
 from app.db.engine import make_engine, make_sessionmaker, migrate
 from app.db.models import Prediction
 from app.settings import build_settings
+from tests.support.rows import add_queued
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -27,26 +28,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> sessionmaker[Sessio
 
 
 def add(sessions: sessionmaker[Session], n: int, **kw: object) -> list[str]:
-    now = utcnow()
-    rows = [
-        {
-            "id": new_id("pred"),
-            "tenant": "t",
-            "model": "m",
-            "model_version": "1",
-            "status": "queued",
-            "priority": 1,
-            "input": {"x": i},
-            "created_at": now,
-            "published_at": now,
-            "attempts": 0,
-            **kw,
-        }
-        for i in range(n)
-    ]
-    with sessions.begin() as s:
-        crud.insert_predictions(session=s, rows=rows)
-    return [r["id"] for r in rows]
+    return add_queued(sessions, "m", [{"x": i} for i in range(n)], **kw)
 
 
 def test_writing_a_result_twice_changes_nothing(store: sessionmaker[Session]) -> None:
