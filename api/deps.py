@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Unauthorized
 from app.notify import CompletionHub
+from app.predictions.service import Publisher
 from app.registry import Registry
-from app.service import Publisher
 from app.settings import Settings
 
 DEFAULT_TENANT = "default"

@@ -8,19 +8,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors
+from api import errors, openapi
 from api.coalesce import Coalescer
 from api.deps import Runtime
 from api.metrics import HTTP_LATENCY
 from api.responses import JSON
 from api.routes import health, models, predictions
-from app import __version__, service
+from app import __version__
 from app.db.engine import make_engine, make_sessionmaker
 from app.logs import configure_logging
 from app.notify import CompletionHub
+from app.predictions import service
 from app.registry import Registry
 from app.settings import Settings, get_settings
 
@@ -166,22 +166,12 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
         default_response_class=JSON,
     )
     errors.install(app)
+    openapi.install(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predictions.router)
     for router in extra_routers():
         app.include_router(router)
-    # Matched before the documented FastAPI route of the same path (see create_prediction_fast).
-    app.router.routes.insert(
-        0,
-        Route(
-            "/v1/predictions",
-            predictions.create_prediction_fast,
-            methods=["POST"],
-            include_in_schema=False,
-        ),
-    )
-
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

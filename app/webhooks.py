@@ -27,8 +27,8 @@ from app.db import predictions as crud
 from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
 from app.db.models import Prediction, WebhookAttempt, WebhookDelivery
+from app.predictions.views import prediction_public
 from app.settings import Settings
-from app.views import prediction_public
 
 log = logging.getLogger(__name__)
 

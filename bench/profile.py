@@ -81,7 +81,7 @@ OWN = ("app", "api", "workers", "bench")
 
 
 def _package(path: str) -> str:
-    """``sqlalchemy/orm/x.py`` -> ``sqlalchemy``; ``app/executor.py`` -> ``app.executor``.
+    """``sqlalchemy/orm/x.py`` -> ``sqlalchemy``; ``app/predictions/executor.py`` -> ``app.predictions.executor``.
 
     py-spy names files relative to their ``sys.path`` entry; a bare ``threading.py`` is stdlib.
     """

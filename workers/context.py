@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.engine import make_engine, make_sessionmaker
-from app.executor import AfterCommit, ExecutorPool, WriteHook
+from app.predictions.executor import AfterCommit, ExecutorPool, WriteHook
 from app.registry import Registry
 from app.settings import Settings
 from app.webhooks import WebhookDispatcher, outbox_hook
@@ -31,7 +31,7 @@ EXTRA_SWEEPS: list[Callable[[WorkerContext], object]] = []
 
 
 class CeleryPublisher:
-    """``app.service.Publisher`` on Celery: one ``inferq.predict`` message per call."""
+    """``app.predictions.service.Publisher`` on Celery: one ``inferq.predict`` message per call."""
 
     def __init__(self, celery: Celery, settings: Settings) -> None:
         self.celery = celery

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.errors import ModelNotReady, UnknownModel
 from app.logs import configure_logging
-from app.sweeper import sweep_predictions
+from app.predictions.sweeper import sweep_predictions
 from workers.celery_app import celery_app
 from workers.context import EXTRA_SWEEPS, close_context, get_context
 

@@ -1,7 +1,7 @@
 """Inbound: a hook's request is checked, planned, and stored as an event (plus a prediction).
 
 The event, the prediction it asks for and any canned reply are written in one transaction;
-the prediction is published after commit (``app.service.publish_rows``; a failed publish is
+the prediction is published after commit (``app.predictions.service.publish_rows``; a failed publish is
 left to the sweeper). A retried webhook hits the event's unique external id and is answered
 as a duplicate without doing anything twice.
 """
@@ -16,7 +16,6 @@ from typing import Any, cast
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import service
 from app.db import integrations as crud
 from app.db import predictions as predictions_crud
 from app.db.base import new_id
@@ -26,6 +25,7 @@ from app.integrations import generic, telegram, zendesk
 from app.integrations.base import Plan
 from app.integrations.config import GenericConfig, TelegramConfig, ZendeskConfig
 from app.integrations.store import Loaded
+from app.predictions import service
 from app.registry import Registry
 from app.settings import Settings
 

@@ -29,8 +29,8 @@ from app.integrations.config import (
 from app.integrations.generic import check_templates
 from app.integrations.mapping import placeholders
 from app.integrations.secrets import SecretBox
+from app.predictions.views import iso
 from app.registry import Registry
-from app.views import iso
 
 HOOK_PATHS = {"telegram": "/hooks/telegram/{id}", "zendesk": "/hooks/tickets/{id}"}
 

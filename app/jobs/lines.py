@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from app.errors import InvalidInput
-from app.inputs import validate_input
+from app.predictions.inputs import validate_input
 from app.registry import Manifest
 
 InputFormat = Literal["jsonl", "csv"]

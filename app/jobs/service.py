@@ -19,9 +19,9 @@ from app.jobs import store
 from app.jobs.ingest import JobPublisher, JobWriter
 from app.jobs.lifecycle import JOB_FINISHED_HOOKS, JobHook, end_job
 from app.jobs.lines import InputFormat
+from app.predictions.views import iso
 from app.registry import Registry
 from app.settings import Settings
-from app.views import iso
 from app.webhooks import BODY_LOADERS
 
 log = logging.getLogger(__name__)

@@ -41,12 +41,12 @@ from app.errors import InferqError, InvalidInput
 from app.jobs.ingest import JobPublisher
 from app.jobs.results import open_results
 from app.jobs.service import create_job
+from app.predictions.views import iso
 from app.registry import ModelEntry, Registry
 from app.schedules import sinks, sources, watcher
 from app.schedules.config import ScheduleConfig
 from app.schedules.cron import next_run
 from app.settings import Settings
-from app.views import iso
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from app.db.base import Base, new_id, utcnow
 from app.db.engine import session_scope
 from app.db.schedules import Schedule, ScheduleRun
 from app.errors import Conflict, InvalidInput, NotFound
+from app.predictions.views import iso
 from app.registry import Registry
 from app.schedules import sinks, sources
 from app.schedules.config import ScheduleConfig
@@ -31,7 +32,6 @@ from app.schedules.specs import (
     dump,
 )
 from app.settings import Settings
-from app.views import iso
 
 
 def check(

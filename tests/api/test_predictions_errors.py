@@ -238,3 +238,15 @@ def test_header_limits_and_the_documented_route(api_only: Stack) -> None:
         doc = c.get("/openapi.json").json()
         assert "post" in doc["paths"]["/v1/predictions"]
         error(c.put("/v1/predictions", json=CHURN), 405)
+
+
+def test_openapi_documents_the_one_submit_handler(api_only: Stack) -> None:
+    """``POST /v1/predictions`` is one handler; its body and headers are still in OpenAPI."""
+    with api_only.client() as c:
+        doc = c.get("/openapi.json").json()
+    op = doc["paths"]["/v1/predictions"]["post"]
+    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/PredictionCreate"
+    schema = doc["components"]["schemas"]["PredictionCreate"]
+    assert {"model", "input", "inputs", "callback_url", "priority"} <= set(schema["properties"])
+    assert {p["name"] for p in op["parameters"]} == {"Idempotency-Key", "Prefer"}

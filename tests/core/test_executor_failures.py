@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import predictions as crud
 from app.db.models import Prediction, WebhookDelivery
-from app.executor import ExecutorPool
 from app.notify import CompletionHub
+from app.predictions.executor import ExecutorPool
 from app.registry import Registry
 from app.settings import build_settings
 from app.webhooks import outbox_hook

@@ -14,7 +14,7 @@ from app.batching import BatchItem
 from app.db import predictions as crud
 from app.db.base import utcnow
 from app.db.models import Prediction
-from app.executor import ExecutorPool
+from app.predictions.executor import ExecutorPool
 from app.registry import Registry
 from app.settings import build_settings
 from tests.support.rows import add_queued

@@ -1,4 +1,4 @@
-"""The ``inferq`` command line.
+"""``inferq migrate|release|worker|beat|api|up``: the processes that make up inferq.
 
 ``app`` knows nothing of HTTP or Celery, so the commands that start the API, a worker or beat
 run them as programs (uvicorn, celery) rather than importing them.
@@ -17,17 +17,8 @@ from typing import Annotated
 
 import typer
 
-from app.cli_integrations import register as register_integrations
-from app.cli_jobs import jobs_cli
-from app.cli_schedules import schedules_cli
+from app.cli.models import ensure_models
 from app.settings import VAR_DIR, get_settings
-
-cli = typer.Typer(help="inferq: queue-driven inference workers.", no_args_is_help=True)
-models_cli = typer.Typer(help="Build and list models.", no_args_is_help=True)
-cli.add_typer(models_cli, name="models")
-cli.add_typer(jobs_cli, name="jobs")
-cli.add_typer(schedules_cli, name="schedules")
-register_integrations(cli)  # inferq telegram …, inferq integrations …
 
 
 def _bin(name: str) -> str:
@@ -36,38 +27,6 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
-@models_cli.command("build")
-def models_build(
-    quantize: Annotated[
-        bool, typer.Option(help="Also build the int8 variant of minilm-embed.")
-    ] = False,
-    force: Annotated[bool, typer.Option(help="Rebuild even if a verified build exists.")] = False,
-    models_dir: Annotated[Path | None, typer.Option(help="Default: INFERQ_MODELS_DIR.")] = None,
-) -> None:
-    """Build the demo models from what installed packages ship (needs the [models] extra)."""
-    from app.modelbuild import build_all
-
-    target = models_dir or get_settings().models_dir
-    for m in build_all(Path(target), quantize=quantize, force=force, progress=typer.echo):
-        typer.echo(f"{m.name}:{m.version}  sha256={m.sha256[:12]}  kind={m.kind}")
-
-
-@models_cli.command("list")
-def models_list() -> None:
-    """The registered models and their versions."""
-    from app.registry import Registry
-
-    reg = Registry(get_settings().models_dir)
-    for name in reg.names():
-        for e in reg.versions(name):
-            m = e.manifest
-            typer.echo(
-                f"{m.name}\t{m.version}\t{m.kind}\t{m.sha256[:12]}\tbatch={m.batching.max_batch_size}"
-                f"\tdelay={m.batching.max_delay_ms}ms"
-            )
-
-
-@cli.command()
 def migrate() -> None:
     """Bring the database schema up to date (Alembic)."""
     from app.db.engine import migrate as run_migrations
@@ -76,20 +35,10 @@ def migrate() -> None:
     typer.echo("database is up to date")
 
 
-def _ensure_models() -> None:
-    from app.registry import Registry
-
-    reg = Registry(get_settings().models_dir)
-    if not reg.names():
-        typer.echo("no models yet: building the demo models …")
-        models_build(quantize=False, force=False, models_dir=None)
-
-
-@cli.command()
 def release() -> None:
     """What a release runs once: migrations, then the demo models if there are none."""
     migrate()
-    _ensure_models()
+    ensure_models()
 
 
 def worker_argv(concurrency: int | None = None, queues: list[str] | None = None) -> list[str]:
@@ -119,7 +68,6 @@ def worker_argv(concurrency: int | None = None, queues: list[str] | None = None)
     ]
 
 
-@cli.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option("-c", help="Messages in flight.")] = None,
     queue: Annotated[
@@ -146,7 +94,6 @@ def beat_argv() -> list[str]:
     ]
 
 
-@cli.command()
 def beat() -> None:
     """Run Celery beat (the sweeper and the schedules)."""
     argv = beat_argv()
@@ -170,7 +117,6 @@ def api_argv(host: str, port: int, workers: int = 1) -> list[str]:
     ]
 
 
-@cli.command()
 def api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
@@ -181,7 +127,6 @@ def api(
     os.execv(argv[0], argv)
 
 
-@cli.command()
 def up(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
@@ -239,9 +184,7 @@ def _wait_until_serving(url: str, proc: subprocess.Popen[bytes], timeout: float 
             time.sleep(0.2)
 
 
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()
+def register(cli: typer.Typer) -> None:
+    """Add the process commands to the ``inferq`` command."""
+    for command in (migrate, release, worker, beat, api, up):
+        cli.command()(command)

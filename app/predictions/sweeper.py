@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import predictions as crud
 from app.db.base import utcnow
 from app.db.engine import session_scope
-from app.service import Publisher
+from app.predictions.service import Publisher
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
 from app.db.models import PRIORITIES, Prediction
 from app.errors import Conflict, InvalidInput
-from app.inputs import validate_input
+from app.predictions.inputs import validate_input
 from app.registry import Registry
 from app.settings import Settings
 
