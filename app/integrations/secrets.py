@@ -2,6 +2,12 @@
 
 A Telegram bot token sits in the path of every Bot API URL (``/bot<token>/sendMessage``), so
 anything that might print a URL (an httpx log line, an exception) goes through ``redact``.
+
+Keys. Each entry of ``INFERQ_SECRETS_KEY`` (or, when it is empty, ``INFERQ_WEBHOOK_SECRET``) is
+either a Fernet key given verbatim (32 bytes, url-safe base64), used as it is, or a passphrase,
+from which a Fernet key is derived with scrypt (see ``derive_key``). Ciphertexts sealed before
+scrypt came in used one SHA-256 of the passphrase; that key is kept for opening only, so they
+still open, and every seal uses the scrypt key (``SecretBox.rotate`` re-seals an old one).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
+from functools import lru_cache
 
 import orjson
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -34,25 +41,89 @@ class SecretsUnreadable(InferqError):
     code = "secrets_unreadable"
 
 
-def _fernet_key(material: str) -> bytes:
-    """A Fernet key as given, or one derived from a passphrase."""
+# scrypt's cost: n=2**14, r=8, p=1 needs 128 * r * n = 16 MiB and takes ~60-85 ms on one core
+# of the 2-core dev VMs; a key is derived once per process per passphrase (cached below).
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_MAXMEM = 32 << 20  # room for the 16 MiB above (OpenSSL refuses anything over maxmem)
+# One fixed salt per purpose (see ``derive_key``); "v2" names the key generation after SHA-256.
+SECRETS_SALT = b"inferq/integration-secrets/scrypt/v2"
+_LEGACY_PREFIX = b"inferq-integrations:"
+
+
+def verbatim_key(material: str) -> bytes | None:
+    """``material`` as a Fernet key if it is one (32 bytes in url-safe base64), else None."""
     raw = material.strip().encode()
     try:
         if len(base64.urlsafe_b64decode(raw)) == 32:
             return raw
     except ValueError:
         pass
-    return base64.urlsafe_b64encode(hashlib.sha256(b"inferq-integrations:" + raw).digest())
+    return None
+
+
+@lru_cache(maxsize=64)
+def derive_key(passphrase: str, salt: bytes = SECRETS_SALT) -> bytes:
+    """The Fernet key derived from a passphrase with scrypt (n=2**14, r=8, p=1).
+
+    The salt is fixed and public, one per purpose (``SECRETS_SALT`` for integration secrets),
+    not random per ciphertext: every process (API, worker, CLI) must derive the same key from
+    the configured passphrase with nothing stored beside it, so the derivation has to be
+    deterministic. The price: one passphrase gives one key in every inferq installation, so a
+    guesser can attack all of them with one precomputation; an inferq-specific salt only keeps
+    tables built for other uses of scrypt out. What protects a passphrase is scrypt's cost per
+    guess (memory-hard: 16 MiB each); a long random passphrase, or a verbatim Fernet key (which
+    skips the derivation), is what keeps a determined guesser out.
+
+    Cached: derived once per process per passphrase (and salt).
+    """
+    digest = hashlib.scrypt(
+        passphrase.strip().encode(),
+        salt=salt,
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        maxmem=SCRYPT_MAXMEM,
+        dklen=32,
+    )
+    return base64.urlsafe_b64encode(digest)
+
+
+def legacy_key(passphrase: str) -> bytes:
+    """The key a passphrase gave before scrypt: one SHA-256. Only ever used to open."""
+    raw = passphrase.strip().encode()
+    return base64.urlsafe_b64encode(hashlib.sha256(_LEGACY_PREFIX + raw).digest())
+
+
+def _fernet_keys(material: str) -> tuple[list[bytes], list[bytes]]:
+    """(keys that seal and open, keys that only open) for one configured key or passphrase."""
+    key = verbatim_key(material)
+    if key is not None:
+        return [key], []
+    return [derive_key(material)], [legacy_key(material)]
 
 
 class SecretBox:
     """Seals and opens an integration's secrets (a JSON object of strings)."""
 
     def __init__(self, keys: Iterable[str]) -> None:
-        fernets = [Fernet(_fernet_key(k)) for k in keys if k.strip()]
-        if not fernets:
+        """``keys``: Fernet keys or passphrases, the first seals, all open (rotation).
+
+        The MultiFernet holds every key's current form first (the first entry's seals), then
+        the legacy SHA-256 keys of the passphrases, which only ever open what was sealed with
+        them before.
+        """
+        current: list[bytes] = []
+        legacy: list[bytes] = []
+        for k in keys:
+            if k.strip():
+                keep, old = _fernet_keys(k)
+                current += keep
+                legacy += old
+        if not current:
             raise ValueError("at least one key is needed")
-        self._fernet = MultiFernet(fernets)
+        self._fernet = MultiFernet([Fernet(k) for k in current + legacy])
 
     @classmethod
     def from_settings(cls, settings: Settings, isettings: IntegrationSettings) -> SecretBox:
@@ -72,6 +143,16 @@ class SecretBox:
             ) from exc
         remember(data.values())
         return data
+
+    def rotate(self, token: str) -> str:
+        """``token`` sealed again with the current key (e.g. one sealed with a legacy key)."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken as exc:
+            raise SecretsUnreadable(
+                "the integration's secrets cannot be decrypted with INFERQ_SECRETS_KEY; "
+                "set them again"
+            ) from exc
 
 
 def remember(values: Iterable[str]) -> None:
