@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_WEBHOOK_SECRET = "inferq-dev-secret"
 VAR_DIR = Path(os.environ.get("INFERQ_VAR_DIR", "var"))
@@ -39,6 +40,16 @@ class Settings(BaseSettings):
 
     api_keys: dict[str, str] = Field(default_factory=dict)
     """JSON object ``{"<api key>": "<tenant>"}``. Empty: auth off, everything is tenant ``default``."""
+
+    data_connections: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """JSON object ``{"<tenant>": {"<name>": "<SQLAlchemy URL>"}}`` (``"*"``: every tenant): the
+    databases a tenant's SQL sources and table sinks may name (``"connection": "<name>"``).
+    With API keys on they are the only ones; inferq's own database is never one of them."""
+
+    data_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    """JSON object ``{"<tenant>": ["<folder>", ...]}`` (``"*"``: every tenant): the folders a
+    tenant's file sources and file sinks may use. With API keys on a tenant without an entry
+    may use none; with them off, ``INFERQ_SOURCE_ROOTS`` applies when no entry is given."""
 
     max_body_bytes: int = 1_000_000
     """Largest JSON body ``/v1`` accepts (413 above)."""
@@ -84,6 +95,15 @@ class Settings(BaseSettings):
     webhook_backoff_base_seconds: float = 1.0
     """First retry delay; each further one doubles."""
 
+    egress_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Internal hosts and networks outbound requests may reach after all, comma-separated or a
+    JSON list (``127.0.0.1/32,receiver.test,10.0.0.0/8,[::1]``). Empty: public addresses only."""
+
+    egress_resolve: dict[str, str] = Field(default_factory=dict)
+    """JSON object ``{"<host name>": "<address>"}``: fixed answers for these names instead of DNS
+    (as curl's ``--resolve``), e.g. to pin a partner's host. The address is checked by the
+    egress policy like any DNS answer."""
+
     intra_op_threads: int = 1
     """ONNX Runtime intra-op threads per session. One per core-sized worker process."""
 
@@ -127,6 +147,21 @@ class Settings(BaseSettings):
         if v.startswith("rabbitmq://"):
             v = "amqp://" + v[len("rabbitmq://") :]
         return v
+
+    @field_validator("egress_allow", mode="before")
+    @classmethod
+    def _split_egress_allow(cls, v: Any) -> Any:
+        """Accept a JSON list or a comma-separated string (``[::1]`` alone is not JSON)."""
+        if not isinstance(v, str):
+            return v
+        if v.strip().startswith("["):
+            try:
+                parsed = json.loads(v)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, list):
+                return parsed
+        return [part.strip() for part in v.split(",") if part.strip()]
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:

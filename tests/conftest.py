@@ -188,6 +188,8 @@ class StackFactory:
                 "INFERQ_QUEUE_PREFIX": unique("t"),
                 "INFERQ_LOG_JSON": "true",
                 "INFERQ_SWEEP_INTERVAL_SECONDS": "1",
+                # the tests' receivers and fake APIs listen on 127.0.0.1
+                "INFERQ_EGRESS_ALLOW": "127.0.0.1",
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -12,10 +12,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.engine import make_engine, make_sessionmaker
+from app.delivery import webhook
+from app.delivery.dispatcher import Dispatcher
+from app.delivery.engine import build_dispatcher
 from app.predictions.executor import AfterCommit, ExecutorPool, WriteHook
 from app.registry import Registry
 from app.settings import Settings
-from app.webhooks import WebhookDispatcher, outbox_hook
 from workers.celery_app import queue_name
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class WorkerContext:
     engine: Engine
     sessions: sessionmaker[Session]
     registry: Registry
-    dispatcher: WebhookDispatcher
+    dispatcher: Dispatcher
     executors: ExecutorPool
     publisher: CeleryPublisher
 
@@ -79,13 +81,13 @@ def get_context(celery: Celery) -> WorkerContext:
                 settings, pool_size=settings.worker_concurrency + 8, async_commit=True
             )
             sessions = make_sessionmaker(engine)
-            dispatcher = WebhookDispatcher(sessions, settings)
+            dispatcher = build_dispatcher(sessions, settings)
             executors = ExecutorPool(
                 Registry(settings.models_dir),
                 sessions=sessions,
                 settings=settings,
-                write_hooks=[outbox_hook, *EXTRA_WRITE_HOOKS],
-                after_commit=[dispatcher.after_commit, *EXTRA_AFTER_COMMIT],
+                write_hooks=[webhook.write_hook, *EXTRA_WRITE_HOOKS],
+                after_commit=[dispatcher.send_pending, *EXTRA_AFTER_COMMIT],
             )
             _context = WorkerContext(
                 settings,

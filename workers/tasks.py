@@ -45,14 +45,13 @@ def sweep() -> dict[str, int]:
     report = sweep_predictions(
         sessions=ctx.sessions, publisher=ctx.publisher, settings=ctx.settings
     )
-    due = ctx.dispatcher.due()
-    ctx.dispatcher.submit(due)
+    due = ctx.dispatcher.sweep()
     for extra in EXTRA_SWEEPS:
         try:
             extra(ctx)
         except Exception:
             log.exception("sweep step failed", extra={"step": getattr(extra, "__name__", "?")})
-    return {"republished": report.republished, "webhooks": len(due)}
+    return {"republished": report.republished, "deliveries": due}
 
 
 @setup_logging.connect

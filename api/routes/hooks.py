@@ -15,11 +15,12 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Runtime, RuntimeDep
 from api.main import SHUTDOWN_HOOKS, STARTUP_HOOKS
 from api.responses import JSON
+from app.delivery.dispatcher import Dispatcher
+from app.delivery.engine import build_dispatcher
 from app.integrations import store
 from app.integrations.config import IntegrationSettings
 from app.integrations.inbound import HookDeps, receive_telegram, receive_ticket
 from app.integrations.secrets import SecretBox
-from app.integrations.sender import IntegrationSender
 from app.integrations.telegram import SECRET_HEADER
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class Hooks:
 
     isettings: IntegrationSettings
     box: SecretBox
-    sender: IntegrationSender
+    sender: Dispatcher
+    """Sends canned replies at once (the one delivery engine, as in the workers)."""
     deps: HookDeps
 
 
@@ -44,7 +46,7 @@ def hooks_of(request: Request) -> Hooks:
 async def _startup(app: FastAPI, rt: Runtime) -> None:
     isettings = IntegrationSettings()
     box = SecretBox.from_settings(rt.settings, isettings)
-    sender = IntegrationSender(rt.sessions, rt.settings, isettings, box=box)
+    sender = build_dispatcher(rt.sessions, rt.settings, isettings=isettings, box=box)
     app.state.integrations = Hooks(
         isettings, box, sender, HookDeps(rt.sessions, rt.registry, rt.settings, rt.publisher)
     )

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import RuntimeDep, TenantDep
 from api.responses import JSON
 from api.routes.hooks import hooks_of
+from app.delivery import egress
 from app.errors import InvalidInput
 from app.integrations import store
 
@@ -82,6 +83,7 @@ async def create_integration(request: Request, rt: RuntimeDep, tenant: TenantDep
             sessions=rt.sessions,
             box=box,
             registry=rt.registry,
+            policy=egress.policy_for(rt.settings),
             tenant=tenant,
             kind=body.kind,
             name=body.name,
@@ -125,6 +127,7 @@ async def update_integration(
             sessions=rt.sessions,
             box=box,
             registry=rt.registry,
+            policy=egress.policy_for(rt.settings),
             tenant=tenant,
             integration_id=integration_id,
             changes=body.model_dump(exclude_unset=True),

@@ -3,8 +3,8 @@
 An *integration* is one Telegram bot or one help desk of one tenant; its secrets are stored as
 one Fernet token and never leave the core in clear. An *event* is one inbound update or ticket,
 unique per integration by its external id (Telegram ``update_id``, the ticket id), which is how
-a retried webhook is processed once. A *delivery* is one call back to the other side (an outbox
-row), and every try at it is an *attempt*.
+a retried webhook is processed once. The calls back to the other side are deliveries of kind
+``integration`` in the one outbox (``app.db.deliveries``).
 """
 
 from __future__ import annotations
@@ -15,22 +15,20 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
-    Float,
     ForeignKey,
     Index,
-    Integer,
     String,
     Text,
     UniqueConstraint,
     delete,
     func,
-    insert,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from app.db.base import Base, JSONType, UTCDateTime, new_id, utcnow
+from app.db.base import Base, JSONType, UTCDateTime, utcnow
+from app.db.deliveries import Delivery, DeliveryAttempt
 
 
 class Integration(Base):
@@ -74,51 +72,6 @@ class IntegrationEvent(Base):
         UniqueConstraint("integration_id", "external_id", name="uq_integration_events_external"),
         Index("ix_integration_events_recent", "integration_id", "created_at"),
     )
-
-
-class IntegrationDelivery(Base):
-    """One call back to the other side (``sendMessage``, a ticket update): an outbox row."""
-
-    __tablename__ = "integration_deliveries"
-
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    integration_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("integrations.id", ondelete="CASCADE"), index=True
-    )
-    event_id: Mapped[str] = mapped_column(
-        String(40), ForeignKey("integration_events.id", ondelete="CASCADE"), index=True
-    )
-    tenant: Mapped[str] = mapped_column(String(100))
-    action: Mapped[str] = mapped_column(String(32))
-    method: Mapped[str] = mapped_column(String(8))
-    target: Mapped[str] = mapped_column(Text)  # never holds a secret (see the connectors)
-    body: Mapped[Any] = mapped_column(JSONType)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
-    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-    __table_args__ = (Index("ix_integration_deliveries_due", "status", "next_attempt_at"),)
-
-
-class IntegrationAttempt(Base):
-    """One try at a delivery: what came back (errors are stored with secrets redacted)."""
-
-    __tablename__ = "integration_attempts"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    delivery_id: Mapped[str] = mapped_column(
-        String(40), ForeignKey("integration_deliveries.id", ondelete="CASCADE"), index=True
-    )
-    attempt: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    duration_ms: Mapped[float] = mapped_column(Float)
-    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    retry_after_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 def _insert_for(session: Session) -> Any:
@@ -198,33 +151,12 @@ def count_events(*, session: Session, integration_id: str | None = None) -> int:
 # --- deliveries ---------------------------------------------------------------------------
 
 
-def insert_deliveries(*, session: Session, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Add outbox rows (``id`` filled in when absent); returns their ids."""
-    now = utcnow()
-    full = [
-        {
-            "id": new_id("igd"),
-            "status": "pending",
-            "attempt_count": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            **r,
-        }
-        for r in rows
-    ]
-    if full:
-        session.execute(insert(IntegrationDelivery), full)
-    return [r["id"] for r in full]
-
-
 def delete_integration(*, session: Session, integration: Integration) -> None:
     """Delete an integration with its events, deliveries and attempts (SQLite has no cascade)."""
     iid = integration.id
-    deliveries = select(IntegrationDelivery.id).where(IntegrationDelivery.integration_id == iid)
-    session.execute(
-        delete(IntegrationAttempt).where(IntegrationAttempt.delivery_id.in_(deliveries))
-    )
-    session.execute(delete(IntegrationDelivery).where(IntegrationDelivery.integration_id == iid))
+    deliveries = select(Delivery.id).where(Delivery.integration_id == iid)
+    session.execute(delete(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(deliveries)))
+    session.execute(delete(Delivery).where(Delivery.integration_id == iid))
     session.execute(delete(IntegrationEvent).where(IntegrationEvent.integration_id == iid))
     session.execute(delete(Integration).where(Integration.id == iid))
 
@@ -233,7 +165,7 @@ def delete_integration(*, session: Session, integration: Integration) -> None:
 
 
 def counts_by_status(
-    *, session: Session, table: type[IntegrationEvent] | type[IntegrationDelivery], ids: list[str]
+    *, session: Session, table: type[IntegrationEvent] | type[Delivery], ids: list[str]
 ) -> dict[str, dict[str, int]]:
     """``{integration_id: {status: count}}`` of events or deliveries."""
     out: dict[str, dict[str, int]] = {i: {} for i in ids}
@@ -243,7 +175,7 @@ def counts_by_status(
         .group_by(table.integration_id, table.status)
     )
     for iid, status, n in rows:
-        out[iid][status] = int(n)
+        out[str(iid)][status] = int(n)
     return out
 
 
@@ -273,30 +205,24 @@ def recent_events(
     return out
 
 
-def deliveries_of(
-    *, session: Session, event_ids: list[str]
-) -> dict[str, list[IntegrationDelivery]]:
-    out: dict[str, list[IntegrationDelivery]] = {}
+def deliveries_of(*, session: Session, event_ids: list[str]) -> dict[str, list[Delivery]]:
+    out: dict[str, list[Delivery]] = {}
     if event_ids:
         rows = session.scalars(
-            select(IntegrationDelivery)
-            .where(IntegrationDelivery.event_id.in_(event_ids))
-            .order_by(IntegrationDelivery.created_at)
+            select(Delivery).where(Delivery.event_id.in_(event_ids)).order_by(Delivery.created_at)
         ).all()
         for d in rows:
-            out.setdefault(d.event_id, []).append(d)
+            out.setdefault(d.event_id or "", []).append(d)
     return out
 
 
-def attempts_of(
-    *, session: Session, delivery_ids: list[str]
-) -> dict[str, list[IntegrationAttempt]]:
-    out: dict[str, list[IntegrationAttempt]] = {}
+def attempts_of(*, session: Session, delivery_ids: list[str]) -> dict[str, list[DeliveryAttempt]]:
+    out: dict[str, list[DeliveryAttempt]] = {}
     if delivery_ids:
         rows = session.scalars(
-            select(IntegrationAttempt)
-            .where(IntegrationAttempt.delivery_id.in_(delivery_ids))
-            .order_by(IntegrationAttempt.id)
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.delivery_id.in_(delivery_ids))
+            .order_by(DeliveryAttempt.id)
         ).all()
         for a in rows:
             out.setdefault(a.delivery_id, []).append(a)

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, JSONType, UTCDateTime, utcnow
@@ -70,39 +70,3 @@ class Prediction(Base):
         Index("ix_predictions_live", "status", "published_at"),
         Index("ix_predictions_job", "job_id", "job_index"),
     )
-
-
-class WebhookDelivery(Base):
-    """One webhook to send (an outbox row); ``attempts`` records every try."""
-
-    __tablename__ = "webhook_deliveries"
-
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(100))
-    subject_type: Mapped[str] = mapped_column(String(16))  # "prediction" | "job"
-    subject_id: Mapped[str] = mapped_column(String(40), index=True)
-    url: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
-    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
-
-
-class WebhookAttempt(Base):
-    """One try at delivering a webhook: what we sent and what came back."""
-
-    __tablename__ = "webhook_attempts"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    delivery_id: Mapped[str] = mapped_column(
-        String(40), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
-    )
-    attempt: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    duration_ms: Mapped[float] = mapped_column(Float)
-    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -16,6 +16,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -417,3 +418,19 @@ def _pool(transport: Any) -> Any:
     if type(pool) not in pools or not hasattr(pool, "_network_backend"):
         raise RuntimeError("this httpx/httpcore version cannot take the egress guard")
     return pool
+
+
+@lru_cache(maxsize=8)
+def _policy(entries: tuple[str, ...]) -> EgressPolicy:
+    return EgressPolicy.parse(entries)
+
+
+def policy_for(settings: Settings) -> EgressPolicy:
+    """The policy of ``settings`` (parsed once per distinct ``INFERQ_EGRESS_ALLOW``)."""
+    return _policy(tuple(settings.egress_allow))
+
+
+def check_caller_url(url: str, settings: Settings, *, field: str = "callback_url") -> None:
+    """``check_url`` of a URL a caller gave, under the policy of ``settings`` (a 422 if never
+    allowed)."""
+    check_url(url, policy_for(settings), field=field)

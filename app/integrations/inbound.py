@@ -20,6 +20,7 @@ from app.db import integrations as crud
 from app.db import predictions as predictions_crud
 from app.db.base import new_id
 from app.db.engine import session_scope
+from app.delivery import outbox
 from app.errors import InvalidInput, NotFound, Unauthorized
 from app.integrations import generic, telegram, zendesk
 from app.integrations.base import Plan
@@ -160,8 +161,9 @@ def accept(plan: Plan, *, integ: Loaded, deps: HookDeps, source: str) -> Accepte
         predictions_crud.insert_predictions(session=s, rows=rows)
         if plan.reply is not None:
             r = plan.reply
-            delivery_ids = crud.insert_deliveries(
+            delivery_ids = outbox.add(
                 session=s,
+                kind="integration",
                 rows=[
                     {
                         "integration_id": integ.id,

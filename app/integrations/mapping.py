@@ -13,7 +13,7 @@ import orjson
 from app.errors import InvalidInput
 
 _MISSING = object()
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 
 
 def lookup(doc: Any, path: str) -> Any:
@@ -61,10 +61,10 @@ def render(template: Any, context: dict[str, Any]) -> Any:
         return [render(v, context) for v in template]
     if not isinstance(template, str):
         return template
-    whole = _PLACEHOLDER.fullmatch(template.strip())
+    whole = PLACEHOLDER.fullmatch(template.strip())
     if whole:
         return _resolve(whole.group(1), context)
-    return _PLACEHOLDER.sub(lambda m: as_text(_resolve(m.group(1), context)), template)
+    return PLACEHOLDER.sub(lambda m: as_text(_resolve(m.group(1), context)), template)
 
 
 def _resolve(name: str, context: dict[str, Any]) -> Any:
@@ -76,7 +76,7 @@ def _resolve(name: str, context: dict[str, Any]) -> Any:
 
 def placeholders(template: Any) -> set[str]:
     """Every placeholder name used in a template."""
-    return set(_PLACEHOLDER.findall(orjson.dumps(template).decode()))
+    return set(PLACEHOLDER.findall(orjson.dumps(template).decode()))
 
 
 def hmac_sha256(secret: str, message: bytes) -> bytes:

@@ -4,22 +4,21 @@
 finished prediction that an inbound event asked for, it writes the deliveries (``sendMessage``,
 the ticket update) in that same transaction, so an answer is never lost and never written twice
 (the event moves from ``queued`` to ``done`` under a guard). ``reconcile`` does the same later
-for any event whose hook did not run. ``IntegrationSender`` (``sender.py``) sends them.
+for any event whose hook did not run. The delivery engine (``app.delivery``) sends them.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.db import integrations as crud
 from app.db.integrations import Integration, IntegrationEvent
 from app.db.models import FINAL_STATUSES, Prediction
+from app.delivery import outbox
 from app.integrations.base import Connector, Finished
 from app.integrations.config import validate_config
 from app.integrations.generic import GenericConnector
@@ -27,8 +26,6 @@ from app.integrations.telegram import TELEGRAM_API, TelegramConnector
 from app.integrations.zendesk import ZendeskConnector
 
 log = logging.getLogger(__name__)
-
-_pending = threading.local()
 
 
 def connectors(telegram_api_base: str = TELEGRAM_API) -> dict[str, Connector]:
@@ -100,7 +97,7 @@ def complete(session: Session, prediction_ids: Sequence[str]) -> list[str]:
         session.execute(
             update(IntegrationEvent).where(IntegrationEvent.id.in_(failed)).values(status="failed")
         )
-    return crud.insert_deliveries(session=session, rows=rows)
+    return outbox.add(session=session, kind="integration", rows=rows)
 
 
 def _replies(integ: Integration | None, pred: Prediction | None, data: dict[str, Any]) -> list[Any]:
@@ -129,18 +126,7 @@ def write_hook(session: Session, written: Sequence[Any]) -> None:
     except Exception:
         log.exception("integration write hook failed; the sweeper will answer later")
         return
-    if made:
-        queue = getattr(_pending, "ids", None)
-        if queue is None:
-            queue = _pending.ids = []
-        queue.extend(made)
-
-
-def take_pending() -> list[str]:
-    """The deliveries this thread's last write hooks made (for the after-commit send)."""
-    queue: list[str] = getattr(_pending, "ids", None) or []
-    _pending.ids = []
-    return queue
+    outbox.stash(made)
 
 
 def reconcile(session: Session, limit: int = 500) -> list[str]:

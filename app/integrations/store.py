@@ -15,19 +15,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import integrations as crud
 from app.db.base import new_id, utcnow
+from app.db.deliveries import Delivery
 from app.db.engine import session_scope
 from app.db.integrations import Integration, IntegrationEvent
+from app.delivery import egress
+from app.delivery.egress import EgressPolicy
 from app.errors import Conflict, InvalidInput, NotFound
 from app.integrations.config import (
     ID_PATTERN,
     AnswerConfig,
     GenericConfig,
     IntegrationSettings,
+    TelegramConfig,
+    ZendeskConfig,
     validate_config,
     validate_secrets,
 )
 from app.integrations.generic import check_templates
-from app.integrations.mapping import placeholders
+from app.integrations.mapping import PLACEHOLDER, placeholders
 from app.integrations.secrets import SecretBox
 from app.predictions.views import iso
 from app.registry import Registry
@@ -49,10 +54,22 @@ class Loaded:
 
 
 def check(
-    kind: str, config: dict[str, Any], secrets: dict[str, Any], registry: Registry | None
+    kind: str,
+    config: dict[str, Any],
+    secrets: dict[str, Any],
+    registry: Registry | None,
+    policy: EgressPolicy | None = None,
 ) -> tuple[AnswerConfig, dict[str, str]]:
-    """Validate an integration as a whole; ``InvalidInput`` names what is wrong."""
+    """Validate an integration as a whole; ``InvalidInput`` names what is wrong.
+
+    With ``policy`` (a tenant's integration), every URL it will call must be one the egress
+    policy can allow (``EgressDenied``, a 422); the address it resolves to is checked again
+    on every connection.
+    """
     cfg = validate_config(kind, config)
+    if policy is not None:
+        for field, url in outbound_urls(cfg):
+            egress.check_url(url, policy, field=field)
     clear = validate_secrets(kind, secrets)
     if isinstance(cfg, GenericConfig):
         check_templates(cfg)
@@ -69,11 +86,24 @@ def check(
     return cfg, clear
 
 
+def outbound_urls(cfg: AnswerConfig) -> list[tuple[str, str]]:
+    """``(field, url)`` of every URL an integration's write-backs go to (placeholders of a
+    template filled with a stand-in: the rendered URL is checked again when it is sent)."""
+    if isinstance(cfg, TelegramConfig):
+        return [] if cfg.api_base is None else [("config.api_base", cfg.api_base)]
+    if isinstance(cfg, ZendeskConfig):
+        return [("config.base_url", cfg.base_url)]
+    if isinstance(cfg, GenericConfig):
+        return [("config.write_back.url", PLACEHOLDER.sub("x", cfg.write_back.url))]
+    return []
+
+
 def create(
     *,
     sessions: sessionmaker[Session],
     box: SecretBox,
     registry: Registry | None,
+    policy: EgressPolicy | None = None,
     tenant: str,
     kind: str,
     name: str,
@@ -82,7 +112,7 @@ def create(
     enabled: bool = True,
 ) -> Integration:
     """Store a new integration; ``Conflict`` when the tenant already has one of that name."""
-    cfg, clear = check(kind, config, secrets, registry)
+    cfg, clear = check(kind, config, secrets, registry, policy)
     now = utcnow()
     row = Integration(
         id=new_id("itg"),
@@ -125,6 +155,7 @@ def update(
     sessions: sessionmaker[Session],
     box: SecretBox,
     registry: Registry | None,
+    policy: EgressPolicy | None = None,
     tenant: str,
     integration_id: str,
     changes: dict[str, Any],
@@ -142,7 +173,7 @@ def update(
                     config[k] = v
             secrets = box.open(row.secrets)
             secrets.update(changes.get("secrets") or {})
-            cfg, clear = check(row.kind, config, secrets, registry)
+            cfg, clear = check(row.kind, config, secrets, registry, policy)
             row.config = cfg.model_dump(exclude_defaults=True)
             row.secrets = box.seal(clear)
             row.secret_names = sorted(clear)
@@ -254,7 +285,7 @@ def views(
     if not ids:
         return []
     events = crud.counts_by_status(session=s, table=IntegrationEvent, ids=ids)
-    deliveries = crud.counts_by_status(session=s, table=crud.IntegrationDelivery, ids=ids)
+    deliveries = crud.counts_by_status(session=s, table=Delivery, ids=ids)
     latest = crud.recent_events(session=s, ids=ids, per_integration=recent)
     event_ids = [e.id for evs in latest.values() for e in evs]
     outs = crud.deliveries_of(session=s, event_ids=event_ids)
@@ -292,7 +323,7 @@ def integration_public(r: Integration) -> dict[str, Any]:
 
 
 def _event_public(
-    e: IntegrationEvent, deliveries: list[crud.IntegrationDelivery], tries: dict[str, list[Any]]
+    e: IntegrationEvent, deliveries: list[Delivery], tries: dict[str, list[Any]]
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": e.id,
@@ -310,6 +341,7 @@ def _event_public(
             "status": d.status,
             "attempts": d.attempt_count,
             "last_error": d.last_error,
+            "dead_reason": d.dead_reason,
             "delivered_at": iso(d.delivered_at),
         }
         if d.id in tries:

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.jobs import Job, JobStatus
 from app.db.predictions import notify_done
+from app.delivery import outbox
 from app.jobs import store
-from app.webhooks import enqueue_subject
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def end_job(session: Session, job: Job, status: JobStatus) -> list[str]:
     deliveries = []
     if job.callback_url:
         deliveries.append(
-            enqueue_subject(
-                session,
+            outbox.add_webhook(
+                session=session,
                 tenant=job.tenant,
                 subject_type="job",
                 subject_id=job.id,

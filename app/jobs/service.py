@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.engine import session_scope
 from app.db.jobs import Job, JobStatus
+from app.delivery import egress
+from app.delivery.webhook import BODY_LOADERS
 from app.errors import Conflict, NotFound
 from app.jobs import store
 from app.jobs.ingest import JobPublisher, JobWriter
@@ -22,7 +24,6 @@ from app.jobs.lines import InputFormat
 from app.predictions.views import iso
 from app.registry import Registry
 from app.settings import Settings
-from app.webhooks import BODY_LOADERS
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,12 @@ def open_job(
 ) -> JobWriter:
     """A writer for a new job, to ``feed`` blocks of input and then ``finish``.
 
-    Raises ``UnknownModel`` before anything is stored.
+    Raises ``UnknownModel``, or ``EgressDenied`` for a ``callback_url`` the egress policy can
+    never allow, before anything is stored.
     """
     entry = registry.get(model, model_version)
+    if callback_url is not None:
+        egress.check_caller_url(callback_url, settings)
     return JobWriter(
         sessions=sessions,
         publisher=publisher,

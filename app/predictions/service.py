@@ -21,6 +21,7 @@ from app.db import predictions as crud
 from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
 from app.db.models import PRIORITIES, Prediction
+from app.delivery import egress
 from app.errors import Conflict, InvalidInput
 from app.predictions.inputs import validate_input
 from app.registry import Registry
@@ -76,6 +77,8 @@ def prepare(
         raise InvalidInput("deadline_s must be a number of seconds in (0, 86400]")
     if not sub.inputs:
         raise InvalidInput("inputs must not be empty")
+    if sub.callback_url is not None:
+        egress.check_caller_url(sub.callback_url, settings)
     if len(sub.inputs) > settings.max_inputs_per_request:
         raise InvalidInput(
             f"at most {settings.max_inputs_per_request} inputs per request, got {len(sub.inputs)}"

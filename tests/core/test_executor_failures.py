@@ -12,12 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import predictions as crud
-from app.db.models import Prediction, WebhookDelivery
+from app.db.deliveries import Delivery
+from app.db.models import Prediction
+from app.delivery.webhook import write_hook
 from app.notify import CompletionHub
 from app.predictions.executor import ExecutorPool
 from app.registry import Registry
 from app.settings import build_settings
-from app.webhooks import outbox_hook
 from tests.support.rows import add_queued
 
 
@@ -57,7 +58,7 @@ def pool(
         Registry(models_dir),
         sessions=pg_sessions,
         settings=build_settings(database_url=pg_url, models_dir=models_dir),
-        write_hooks=[outbox_hook],
+        write_hooks=[write_hook],
         after_commit=[committed.append],
     )
     yield p, committed
@@ -75,7 +76,7 @@ def test_an_input_the_tokenizer_refuses_fails_alone_and_is_announced(
     executors.run("minilm-embed", [good, bad])
     with pg_sessions() as s:
         rows = {p.id: p for p in s.scalars(select(Prediction)).all()}
-        outbox = set(s.scalars(select(WebhookDelivery.subject_id)).all())
+        outbox = set(s.scalars(select(Delivery.subject_id)).all())
     assert rows[good].status == "succeeded"
     assert rows[bad].status == "failed" and rows[bad].error_code == "invalid_input"
     assert outbox == {good, bad}  # both get their webhook
@@ -96,7 +97,7 @@ def test_a_model_this_worker_cannot_serve_fails_its_requests_with_webhooks(
     assert executors.fail(ids, code="unknown_model", message="again") == []  # once only
     with pg_sessions() as s:
         rows = s.scalars(select(Prediction)).all()
-        outbox = s.scalars(select(WebhookDelivery.subject_id)).all()
+        outbox = s.scalars(select(Delivery.subject_id)).all()
     assert {(p.status, p.error_code) for p in rows} == {("failed", "unknown_model")}
     assert sorted(outbox) == sorted(ids)
     assert sorted(w.id for w in committed[0]) == sorted(ids)

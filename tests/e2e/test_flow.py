@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import WebhookAttempt, WebhookDelivery
-from app.webhooks import verify
+from app.db.deliveries import Delivery, DeliveryAttempt
+from app.delivery.webhook import verify
 from tests.conftest import StackFactory
 from tests.support.receiver import Receiver
 
@@ -100,15 +100,15 @@ def test_submit_poll_and_webhook(
     d = delivered(pg_sessions)
     assert hook.headers["x-inferq-delivery"] == d.id
     with pg_sessions() as s:
-        assert s.scalars(select(WebhookAttempt.status_code)).all() == [200]
+        assert s.scalars(select(DeliveryAttempt.status_code)).all() == [200]
 
 
-def delivered(sessions: sessionmaker[Session], timeout: float = 20) -> WebhookDelivery:
+def delivered(sessions: sessionmaker[Session], timeout: float = 20) -> Delivery:
     """The one delivery, once the worker has recorded its answer (just after the receiver got it)."""
     end = time.monotonic() + timeout
     while True:
         with sessions() as s:
-            d = s.scalars(select(WebhookDelivery)).one()
+            d = s.scalars(select(Delivery)).one()
         if d.status == "delivered" or time.monotonic() > end:
             assert d.status == "delivered"
             return d
@@ -138,10 +138,14 @@ def test_webhook_retried_with_backoff_and_every_attempt_recorded(
     assert all(verify(SECRET, r.headers["x-inferq-signature"], r.body) for r in reqs)
     d = delivered(pg_sessions)
     with pg_sessions() as s:
-        attempts = s.scalars(select(WebhookAttempt).order_by(WebhookAttempt.attempt)).all()
+        attempts = s.scalars(select(DeliveryAttempt).order_by(DeliveryAttempt.attempt)).all()
     assert d.status == "delivered" and d.attempt_count == 3
     assert [a.status_code for a in attempts] == [500, 500, 200]
-    assert attempts[0].error == "receiver answered 500"
+    assert attempts[0].error == "answered 500: {}"
+    assert [a.outcome for a in attempts] == ["retry", "retry", "delivered"]
+    # full jitter: each wait is within [0, base * 2**(n-1)] (plus the time an attempt takes)
+    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(attempts, attempts[1:])]
+    assert all(0 <= g < 0.2 * 2**i + 1.0 for i, g in enumerate(gaps)), gaps
 
 
 def test_slow_receiver_does_not_hold_up_batches(

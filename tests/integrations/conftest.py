@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.integrations import IntegrationDelivery, IntegrationEvent
+from app.db.deliveries import Delivery
+from app.db.integrations import IntegrationEvent
 from app.db.models import Prediction
 from tests.conftest import Stack, _purge_queues
 from tests.support.services import unique
@@ -53,6 +54,7 @@ def hook_stack(
             "INFERQ_INTEGRATION_BACKOFF_BASE_SECONDS": "0.2",
             "INFERQ_INTEGRATION_MAX_ATTEMPTS": "6",
             "INFERQ_INTEGRATION_TIMEOUT_SECONDS": "3",
+            "INFERQ_EGRESS_ALLOW": "127.0.0.1",  # the fake Bot API and help desks
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -90,7 +92,7 @@ class Hooks:
         with self.sessions() as s:
             return tuple(  # type: ignore[return-value]
                 s.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in (IntegrationEvent, Prediction, IntegrationDelivery)
+                for t in (IntegrationEvent, Prediction, Delivery)
             )
 
     def logs(self) -> str:

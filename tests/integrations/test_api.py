@@ -9,13 +9,15 @@ import httpx
 import pytest
 
 from app.db.base import new_id, utcnow
+from app.db.deliveries import Delivery
 from app.db.engine import session_scope
-from app.db.integrations import IntegrationDelivery, IntegrationEvent
+from app.db.integrations import IntegrationEvent
 from app.db.models import Prediction
+from app.delivery import outbox as delivery_outbox
+from app.delivery.engine import build_dispatcher
 from app.integrations import outbox, store
 from app.integrations.config import IntegrationSettings
 from app.integrations.secrets import SecretBox
-from app.integrations.sender import IntegrationSender
 from app.settings import build_settings
 from tests.integrations.conftest import TOKEN, WEBHOOK_SECRET, Hooks
 from tests.support.receiver import Receiver
@@ -174,7 +176,7 @@ def test_sweep_answers_events_whose_hook_did_not_run(hooks: Hooks, receiver: Rec
         made = outbox.reconcile(s)
     with session_scope(hooks.sessions) as s:
         assert outbox.reconcile(s) == []  # once
-        (delivery,) = s.query(IntegrationDelivery).all()
+        (delivery,) = s.query(Delivery).all()
         event = s.get(IntegrationEvent, eid)
         assert event is not None and event.status == "done"
     assert made == [delivery.id]
@@ -184,12 +186,19 @@ def test_sweep_answers_events_whose_hook_did_not_run(hooks: Hooks, receiver: Rec
         "reply_to_message_id": 6,
     }
     isettings = IntegrationSettings(secrets_key="integration tests passphrase")
-    sender = IntegrationSender(hooks.sessions, build_settings(), isettings)
+    sender = build_dispatcher(
+        hooks.sessions, build_settings(egress_allow=["127.0.0.1"]), isettings=isettings
+    )
     try:
-        assert sender.due() == [delivery.id]
-        sender.submit(sender.due())
+        assert due(hooks.sessions) == [delivery.id]
+        assert sender.sweep() == 1
         (sent,) = receiver.wait_for(lambda rs: len(rs) >= 1)
     finally:
         sender.close()
     assert sent.path == f"/bot{TOKEN}/sendMessage" and sent.json() == delivery.body
-    assert sender.due() == []
+    assert due(hooks.sessions) == []
+
+
+def due(sessions: Any) -> list[str]:
+    with session_scope(sessions) as s:
+        return delivery_outbox.due(session=s)

@@ -12,12 +12,14 @@ import pytest
 from sqlalchemy import select
 
 from app.db import predictions as crud
+from app.db.deliveries import Delivery
 from app.db.engine import make_engine, make_sessionmaker, migrate, session_scope
-from app.db.integrations import IntegrationDelivery, IntegrationEvent
+from app.db.integrations import IntegrationEvent
+from app.delivery import outbox as delivery_outbox
+from app.delivery.engine import build_dispatcher
 from app.integrations import inbound, outbox, store
 from app.integrations.config import IntegrationSettings
 from app.integrations.secrets import SecretBox
-from app.integrations.sender import IntegrationSender
 from app.registry import Registry
 from app.settings import build_settings
 from tests.support.receiver import Receiver
@@ -41,7 +43,9 @@ def test_telegram_round_trip_on_sqlite(
     tmp_path: Path, models_dir: Path, receiver: Receiver
 ) -> None:
     settings = build_settings(
-        database_url=f"sqlite:///{tmp_path / 'inferq.db'}", models_dir=models_dir
+        database_url=f"sqlite:///{tmp_path / 'inferq.db'}",
+        models_dir=models_dir,
+        egress_allow=["127.0.0.1"],
     )
     migrate(settings.database_url)
     engine = make_engine(settings)
@@ -77,9 +81,9 @@ def test_telegram_round_trip_on_sqlite(
             session=s, results=[crud.ResultRow(accepted.prediction_id, "succeeded", output)]
         )
         outbox.write_hook(s, written)
-    made = outbox.take_pending()
+    made = delivery_outbox.take_pending()
     assert len(made) == 1
-    sender = IntegrationSender(sessions, settings, isettings, box=box)
+    sender = build_dispatcher(sessions, settings, isettings=isettings, box=box)
     receiver.fail_next = 1
     try:
         sender.submit(made)
@@ -94,11 +98,11 @@ def test_telegram_round_trip_on_sqlite(
     }
     with session_scope(sessions) as s:
         event = s.scalars(select(IntegrationEvent)).one()
-        delivery = s.scalars(select(IntegrationDelivery)).one()
+        delivery = s.scalars(select(Delivery)).one()
         assert (event.status, delivery.status, delivery.attempt_count) == ("done", "delivered", 2)
         view = store.views(s, [row], recent=5, attempts=True)[0]
     assert view["activity"]["recent"][0]["deliveries"][0]["attempt_log"][0]["status_code"] == 500
     store.delete(sessions=sessions, tenant="default", integration_id=row.id)
     with session_scope(sessions) as s:
-        assert s.scalars(select(IntegrationDelivery)).all() == []
+        assert s.scalars(select(Delivery)).all() == []
     engine.dispose()

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.db.integrations import Integration, IntegrationAttempt
+from app.db.deliveries import DeliveryAttempt
+from app.db.integrations import Integration
 from tests.integrations.conftest import TOKEN, WEBHOOK_SECRET, Hooks
 from tests.support.procs import BIN, ROOT
 from tests.support.receiver import Received, Receiver
@@ -204,13 +205,14 @@ def test_a_rejected_token_fails_without_leaking_it(hooks: Hooks, receiver: Recei
     receiver.wait_for(lambda rs: len(sends(rs)) >= 1)
     (event,) = _settled(hooks, bot)["activity"]["recent"]
     (delivery,) = event["deliveries"]
-    assert delivery["status"] == "failed" and delivery["attempts"] == 1  # 401 is final
+    assert delivery["status"] == "dead" and delivery["attempts"] == 1  # 401 is final
+    assert delivery["dead_reason"] == "rejected"
     assert delivery["last_error"] == 'answered 401: {"ok": false, "description": "Unauthorized"}'
     listing = hooks.client.get("/v1/integrations").text
     assert TOKEN not in listing and WEBHOOK_SECRET not in listing
     with hooks.sessions() as s:
         stored = s.scalars(select(Integration.secrets)).one()
-        errors = s.scalars(select(IntegrationAttempt.error)).all()
+        errors = s.scalars(select(DeliveryAttempt.error)).all()
     assert TOKEN not in stored and WEBHOOK_SECRET not in stored
     assert all(TOKEN not in (e or "") for e in errors)
 

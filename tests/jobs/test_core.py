@@ -287,9 +287,9 @@ def test_cancel_stops_what_has_not_started(env: Env) -> None:
     with pytest.raises(Conflict):
         service.cancel_job(sessions=env.sessions, tenant="t1", job_id=job.id)
     with env.sessions() as s:
-        from app.db.models import WebhookDelivery
+        from app.db.deliveries import Delivery
 
-        (delivery,) = s.scalars(select(WebhookDelivery)).all()
+        (delivery,) = s.scalars(select(Delivery)).all()
         assert (delivery.subject_type, delivery.subject_id) == ("job", job.id)
 
 

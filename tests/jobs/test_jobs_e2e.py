@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.jobs import Job, JobChunk
-from app.webhooks import SIGNATURE_HEADER, verify
+from app.delivery.webhook import SIGNATURE_HEADER, verify
 from tests.conftest import Stack
 from tests.support.receiver import Receiver
 

@@ -1,0 +1,65 @@
+"""``/v1/deliveries``: a tenant's outbound requests (signed webhooks, integration write-backs),
+every attempt, and replaying the ones that were given up (``dead``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import RuntimeDep, TenantDep
+from api.responses import JSON
+from app.delivery import outbox
+
+router = APIRouter(prefix="/v1", tags=["deliveries"])
+
+
+@router.get("/deliveries")
+async def list_deliveries(
+    rt: RuntimeDep,
+    tenant: TenantDep,
+    status: Literal["pending", "delivered", "dead"] | None = None,
+    kind: Literal["webhook", "integration"] | None = None,
+    before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> JSON:
+    """The tenant's deliveries, newest first (``?status=dead`` lists the dead letters)."""
+    rows = await run_in_threadpool(
+        lambda: outbox.list_public(
+            sessions=rt.sessions,
+            tenant=tenant,
+            status=status,
+            kind=kind,
+            before=before,
+            limit=limit,
+        )
+    )
+    return JSON({"deliveries": rows})
+
+
+@router.get("/deliveries/{delivery_id}")
+async def get_delivery(delivery_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
+    """One delivery with every attempt (status code, error, duration, outcome)."""
+    view = await run_in_threadpool(
+        lambda: outbox.detail(sessions=rt.sessions, tenant=tenant, delivery_id=delivery_id)
+    )
+    return JSON(view)
+
+
+@router.post("/deliveries/{delivery_id}/replay", status_code=202)
+async def replay_delivery(
+    delivery_id: str, request: Request, rt: RuntimeDep, tenant: TenantDep
+) -> JSON:
+    """Send a dead delivery again with a fresh budget of attempts (a no-op unless it is dead)."""
+    replayed = await run_in_threadpool(
+        lambda: outbox.replay_dead(sessions=rt.sessions, tenant=tenant, delivery_ids=[delivery_id])
+    )
+    hooks = getattr(request.app.state, "integrations", None)
+    if replayed and hooks is not None:
+        hooks.sender.submit(replayed)  # else the sweeper sends it within a sweep interval
+    view = await run_in_threadpool(
+        lambda: outbox.detail(sessions=rt.sessions, tenant=tenant, delivery_id=delivery_id)
+    )
+    return JSON({**view, "replayed": bool(replayed)}, status_code=202)
