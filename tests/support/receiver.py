@@ -22,8 +22,9 @@ class Received:
         return json.loads(self.body)
 
 
-# (method, path) -> (status, body dict); return None to fall back to the default 200 {}.
-Responder = Callable[[Received], tuple[int, Any] | None]
+# (method, path) -> (status, body dict) or (status, body dict, headers); return None to fall
+# back to the default 200 {}.
+Responder = Callable[[Received], tuple[int, Any] | tuple[int, Any, dict[str, str]] | None]
 
 
 @dataclass
@@ -70,14 +71,18 @@ def serve(receiver: Receiver) -> tuple[ThreadingHTTPServer, threading.Thread]:
             if receiver.delay_s:
                 time.sleep(receiver.delay_s)
             status, payload = receiver.fail_status if failing else 200, {}
+            extra: dict[str, str] = {}
             if not failing and receiver.responder is not None:
                 answer = receiver.responder(req)
                 if answer is not None:
-                    status, payload = answer
+                    status, payload = answer[0], answer[1]
+                    extra = answer[2] if len(answer) > 2 else {}
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
+            for name, value in extra.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
