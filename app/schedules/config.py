@@ -22,8 +22,10 @@ class ScheduleConfig:
     """``INFERQ_SCHEDULE_TICK_SECONDS``: beat sends the schedules tick this often; a due
     schedule fires at most this late, a new file in a watched directory is seen this late."""
     source_roots: tuple[Path, ...] = ()
-    """``INFERQ_SOURCE_ROOTS`` (paths joined by ``os.pathsep``; ``*`` allows any path): the only
-    folders file sources and file sinks may use. Relative paths are taken under the first one.
+    """``INFERQ_SOURCE_ROOTS`` (paths joined by ``os.pathsep``; ``*`` allows any path): with
+    API keys off (one trusted tenant) and no ``INFERQ_DATA_ROOTS`` entry, the only folders file
+    sources and file sinks may use; with API keys on each tenant has its own
+    (``INFERQ_DATA_ROOTS``, see ``access``). Relative paths are taken under the first one.
     Default: ``<INFERQ_VAR_DIR>/data``."""
     settle_seconds: float = 2.0
     """``INFERQ_WATCH_SETTLE_SECONDS``: a watched file is taken in once it has not changed for

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from app.jobs.results import open_results
 from app.jobs.service import create_job
 from app.predictions.views import iso
 from app.registry import ModelEntry, Registry
-from app.schedules import sinks, sources, watcher
+from app.schedules import access, sinks, sources, watcher
 from app.schedules.config import ScheduleConfig
 from app.schedules.cron import next_run
 from app.settings import Settings
@@ -80,7 +81,9 @@ def tick(t: Ticker, *, now: datetime | None = None) -> TickReport:
     if _housekeeping.acquire(blocking=False):  # a slow tick in this process must not pile up
         try:
             report.fired = fire_due(t.sessions, now)
-            report.files = watcher.scan(sessions=t.sessions, cfg=t.cfg, now=now)
+            report.files = watcher.scan(
+                sessions=t.sessions, cfg=t.cfg, settings=t.settings, now=now
+            )
             with session_scope(t.sessions) as s:
                 crud.requeue_stale_runs(
                     session=s,
@@ -194,7 +197,7 @@ def _make_job(
         callback_url=sched.callback_url,
         schedule_id=sched.id,
         provenance=provenance,
-        sink=sched.sink,
+        sink=access.public_spec(sched.sink),
     )
     return job.id, provenance, read.watermark
 
@@ -202,42 +205,58 @@ def _make_job(
 def open_source(
     t: Ticker, sched: Schedule, run: ScheduleRun, *, features: list[list[str]]
 ) -> sources.Read | None:
-    """The run's data as a stream; None (the run is skipped) when no file matches."""
+    """The run's data as a stream; None (the run is skipped) when no file matches.
+
+    What the tenant may read is checked again here: the operator may have changed its folders
+    or connections since the schedule was made."""
     src = sched.source
     if src["type"] == "file":
-        fmt = sources.file_format(src["path"], src.get("format"), where="source.format")
-        if run.file_path is not None:
-            path = Path(run.file_path)
-            if not path.is_file() or not sources.allowed(path.resolve(), t.cfg):
-                raise InvalidInput(f"source: {run.file_path} is gone or may not be read")
-            paths = [path]
-        else:
-            pattern = sources.resolve_path(src["path"], t.cfg, where="source.path")
-            paths = sources.matching_files(pattern, t.cfg)
-        if not paths:
-            _finish(t, run, status=RunStatus.skipped, error=f"no file matches {src['path']}")
-            return None
-        read = sources.read_files(paths, fmt, features=features)
-        read.data["path"] = src["path"]
-        return read
-    url = sources.database_url(src.get("url"), t.settings.database_url)
+        return _open_files(t, sched, run, features=features)
+    target = access.target(src, tenant=sched.tenant, settings=t.settings, where="source")
     query = sources.check_query(src["query"])
     column = src.get("watermark_column")
     bound = sched.watermark
     if column is not None and bound is None:
         bound = src.get("initial_watermark")
         if bound is None:
-            engine = sources.sql_engine(url)
-            try:
-                bound = sources.lowest(sources.probe(engine, query, column), column)
-            finally:
-                engine.dispose()
+            bound = sources.lowest(sources.probe(target, t.settings, query, column), column)
     read = sources.read_sql(
-        url=url, query=query, watermark_column=column, watermark=bound, features=features
+        target=target,
+        settings=t.settings,
+        query=query,
+        watermark_column=column,
+        watermark=bound,
+        features=features,
     )
     read.data["watermark_from"] = (
         sched.watermark if sched.watermark is not None else src.get("initial_watermark")
     )
+    return read
+
+
+def _open_files(
+    t: Ticker, sched: Schedule, run: ScheduleRun, *, features: list[list[str]]
+) -> sources.Read | None:
+    src = sched.source
+    roots = access.roots_for(sched.tenant, settings=t.settings, cfg=t.cfg)
+    fmt = sources.file_format(src["path"], src.get("format"), where="source.format")
+    refused: list[Path] = []
+    if run.file_path is not None:
+        path = Path(run.file_path)
+        if not path.is_file() or not roots.allows(Path(os.path.realpath(path))):
+            raise InvalidInput(f"source: {run.file_path} is gone or may not be read")
+        paths = [path]
+    else:
+        pattern = sources.resolve_path(src["path"], roots, where="source.path")
+        paths, refused = sources.matching_files(pattern, roots)
+    if not paths:
+        why = f" ({len(refused)} lead out of your folders, not read)" if refused else ""
+        _finish(t, run, status=RunStatus.skipped, error=f"no file matches {src['path']}{why}")
+        return None
+    read = sources.read_files(paths, fmt, roots=roots, features=features)
+    read.data["path"] = src["path"]
+    if refused:
+        read.data["refused"] = [str(p) for p in refused]
     return read
 
 
@@ -255,8 +274,8 @@ def run_provenance(
             "scheduled_for": iso(run.scheduled_for),
             "cron": sched.cron,
             "timezone": sched.timezone,
-            "source": sched.source,
-            "sink": sched.sink,
+            "source": access.public_spec(sched.source),
+            "sink": access.public_spec(sched.sink),
             "model_version": sched.model_version,
             "callback_url": sched.callback_url,
         },
@@ -286,7 +305,8 @@ def write_sinks(t: Ticker, *, limit: int = 4) -> int:
                     result_lines(t, run.tenant, run.job_id or ""),
                     names=names,
                     settings=t.settings,
-                    cfg=t.cfg,
+                    roots=access.roots_for(run.tenant, settings=t.settings, cfg=t.cfg),
+                    tenant=run.tenant,
                 )
                 run.sink_status, run.sink_written_at = "written", utcnow()
                 run.sink_error = None

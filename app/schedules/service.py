@@ -1,7 +1,8 @@
 """Schedules as callers manage them: create, change, delete, run now, and their public bodies.
 
 Every check that needs the world happens here, before anything is stored: the cron expression
-and time zone, the model, whether the source's path may be read and its query runs.
+and time zone, the model, whether the source's path may be read and its query runs, and whether
+the tenant may use the folders and databases named (``access``; checked again at run time).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from urllib.parse import urlparse
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import schedules as crud
-from app.db.base import Base, new_id, utcnow
+from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
 from app.db.schedules import Schedule, ScheduleRun
 from app.errors import Conflict, InvalidInput, NotFound
 from app.predictions.views import iso
 from app.registry import Registry
-from app.schedules import sinks, sources
+from app.schedules import access, sinks, sources
 from app.schedules.config import ScheduleConfig
 from app.schedules.cron import check_cron, check_timezone, next_run
 from app.schedules.specs import (
@@ -40,9 +41,11 @@ def check(
     registry: Registry,
     settings: Settings,
     cfg: ScheduleConfig,
+    tenant: str,
     changed: set[str] | None = None,
 ) -> None:
-    """Raise ``InvalidInput`` (``UnknownModel``) unless ``values`` make a schedule that can run.
+    """Raise ``InvalidInput`` (``UnknownModel``) unless ``values`` make a schedule that can run
+    for ``tenant``.
 
     ``changed`` (a PATCH) limits the checks that need the world to the fields sent, so that a
     schedule can be paused while its database is down or its model has gone.
@@ -59,10 +62,11 @@ def check(
     check_timezone(values["timezone"])
     if changed is None or changed & {"model", "model_version"}:
         registry.get(values["model"], values.get("model_version"))
+    roots = access.roots_for(tenant, settings=settings, cfg=cfg)
     if changed is None or "source" in changed:
-        _check_source(source, settings=settings, cfg=cfg)
+        _check_source(source, settings=settings, roots=roots, tenant=tenant)
     if values.get("sink") is not None and (changed is None or "sink" in changed):
-        _check_sink(values["sink"], settings=settings, cfg=cfg)
+        _check_sink(values["sink"], settings=settings, roots=roots, tenant=tenant)
     url = values.get("callback_url")
     if url is not None and (
         urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc
@@ -71,41 +75,31 @@ def check(
 
 
 def _check_source(
-    source: FileSource | SqlSource, *, settings: Settings, cfg: ScheduleConfig
+    source: FileSource | SqlSource, *, settings: Settings, roots: access.Roots, tenant: str
 ) -> None:
     if isinstance(source, FileSource):
-        sources.resolve_path(source.path, cfg, where="source.path")
+        sources.resolve_path(source.path, roots, where="source.path")
         sources.file_format(source.path, source.format, where="source.format")
         return
-    if source.url is None and settings.auth_enabled:
-        raise InvalidInput(
-            "source.url: required when API keys are on; a tenant's query never runs on "
-            "inferq's own database, where other tenants' data lives"
-        )
+    target = access.target(dump(source) or {}, tenant=tenant, settings=settings, where="source")
     query = sources.check_query(source.query)
     if source.watermark_column is not None and ":watermark" not in query:
         raise InvalidInput("source.query: filter on :watermark when watermark_column is set")
     if source.watermark_column is None and ":watermark" in query:
         raise InvalidInput("source.watermark_column: required when the query uses :watermark")
-    engine = sources.sql_engine(sources.database_url(source.url, settings.database_url))
-    try:
-        oid = sources.probe(engine, query, source.watermark_column)
-    finally:
-        engine.dispose()
+    oid = sources.probe(target, settings, query, source.watermark_column)
     if source.watermark_column is not None and source.initial_watermark is None:
         sources.lowest(oid, source.watermark_column)
 
 
-def _check_sink(sink: FileSink | TableSink, *, settings: Settings, cfg: ScheduleConfig) -> None:
+def _check_sink(
+    sink: FileSink | TableSink, *, settings: Settings, roots: access.Roots, tenant: str
+) -> None:
     if isinstance(sink, FileSink):
-        sources.resolve_path(sinks.path_for_check(sink.path), cfg, where="sink.path")
+        sources.resolve_path(sinks.path_for_check(sink.path), roots, where="sink.path")
         return
-    if sink.url is None and settings.auth_enabled:
-        raise InvalidInput("sink.url: required when API keys are on (not inferq's own database)")
-    own = {t.name for t in Base.metadata.sorted_tables}
-    url = (sink.url or settings.database_url).replace("postgresql://", "postgresql+psycopg://")
-    if url == settings.database_url and sink.table.split(".")[-1] in own:
-        raise InvalidInput(f"sink.table: {sink.table!r} is one of inferq's own tables")
+    target = access.target(dump(sink) or {}, tenant=tenant, settings=settings, where="sink")
+    access.check_table(target, sink.table, settings)
 
 
 def _next(values: dict[str, Any], now: datetime) -> datetime | None:
@@ -126,7 +120,7 @@ def create_schedule(
     """Check and store a schedule; its first run is the next cron time after now."""
     cfg = cfg or ScheduleConfig.from_env()
     values: dict[str, Any] = dict(body)
-    check(values, registry=registry, settings=settings, cfg=cfg)
+    check(values, registry=registry, settings=settings, cfg=cfg, tenant=tenant)
     now = utcnow()
     with session_scope(sessions) as s:
         if crud.name_taken(session=s, tenant=tenant, name=body.name, other_than=None):
@@ -182,7 +176,14 @@ def update_schedule(
             "callback_url": sched.callback_url,
         }
         values.update(changes)
-        check(values, registry=registry, settings=settings, cfg=cfg, changed=set(changes))
+        check(
+            values,
+            registry=registry,
+            settings=settings,
+            cfg=cfg,
+            tenant=tenant,
+            changed=set(changes),
+        )
         if "name" in changes and crud.name_taken(
             session=s, tenant=tenant, name=values["name"], other_than=sched.id
         ):

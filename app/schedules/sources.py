@@ -10,6 +10,10 @@ next run binds it to ``:watermark``. To repeat a run, bind ``watermark_from`` an
 ``watermark_to``. As with any high-water mark, a row committed later with a value at or below
 the mark (a long transaction's ``now()``) is not read: use a column set at commit order, such
 as a sequence, where that matters. Queries run in a read-only transaction.
+
+What a tenant may read (its folders, its registered databases, never inferq's own) is
+``access``'s; every file is opened through ``access.open_inside`` and every connection is asked
+by ``access.guard`` before a query runs.
 """
 
 from __future__ import annotations
@@ -22,15 +26,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from app.errors import InvalidInput
 from app.registry import Manifest
-from app.schedules.config import ScheduleConfig
+from app.schedules.access import Roots, Target, guard, open_inside
 from app.schedules.specs import FileFormat
+from app.settings import Settings
 
 Fmt = Literal["jsonl", "csv", "rows"]
 EXTENSIONS: dict[str, FileFormat] = {
@@ -43,6 +48,7 @@ EXTENSIONS: dict[str, FileFormat] = {
 }
 BATCH_ROWS = 2048
 BOM = b"\xef\xbb\xbf"
+GLOB = frozenset("*?[")
 
 
 @dataclass(slots=True)
@@ -58,23 +64,38 @@ class Read:
 # --- paths ---------------------------------------------------------------------------------
 
 
-def resolve_path(pattern: str, cfg: ScheduleConfig, *, where: str) -> Path:
-    """``pattern`` made absolute and checked to lie under a source root."""
-    p = Path(pattern).expanduser()
-    if not p.is_absolute():
-        p = (cfg.source_roots[0] if cfg.source_roots else Path.cwd()) / p
-    p = Path(os.path.normpath(p))
-    if not allowed(p, cfg):
-        roots = os.pathsep.join(str(r) for r in cfg.source_roots)
+def resolve_path(pattern: str, roots: Roots, *, where: str) -> Path:
+    """``pattern`` made absolute (relative: under the first folder) and checked to lie in one
+    of the tenant's folders.
+
+    Raises:
+        InvalidInput: the tenant has no folders; the path has a ``..``; it is outside the
+            folders, or a folder on its way (or the file itself) is a symlink leading out.
+    """
+    if not roots.anywhere and not roots.folders:
         raise InvalidInput(
-            f"{where}: {pattern!r} is outside the folders inferq may use ({roots}); "
-            "see INFERQ_SOURCE_ROOTS"
+            f"{where}: no folders are registered for you; an operator sets them in {roots.setting}"
+        )
+    p = Path(pattern).expanduser()
+    if not roots.anywhere and ".." in p.parts:
+        raise InvalidInput(f"{where}: {pattern!r} may not contain '..'")
+    if not p.is_absolute():
+        p = (roots.folders[0] if roots.folders else Path.cwd()) / p
+    p = Path(os.path.normpath(p))
+    if not roots.allows(Path(os.path.realpath(_fixed_part(p)))):
+        folders = os.pathsep.join(str(r) for r in roots.folders)
+        raise InvalidInput(
+            f"{where}: {pattern!r} is outside the folders you may use ({folders}), or leads "
+            f"out of them through a symlink; see {roots.setting}"
         )
     return p
 
 
-def allowed(path: Path, cfg: ScheduleConfig) -> bool:
-    return cfg.any_path or any(path.is_relative_to(root) for root in cfg.source_roots)
+def _fixed_part(path: Path) -> Path:
+    """The folders of a glob before its first wildcard (the whole path if it has none)."""
+    parts = path.parts
+    n = next((i for i, part in enumerate(parts) if GLOB & set(part)), len(parts))
+    return Path(*parts[:n])
 
 
 def file_format(pattern: str, given: FileFormat | None, *, where: str) -> FileFormat:
@@ -89,18 +110,24 @@ def file_format(pattern: str, given: FileFormat | None, *, where: str) -> FileFo
     return EXTENSIONS[suffix]
 
 
-def matching_files(pattern: Path, cfg: ScheduleConfig) -> list[Path]:
-    """Regular files matching the glob, sorted, each (symlinks resolved) under a root."""
+def matching_files(pattern: Path, roots: Roots) -> tuple[list[Path], list[Path]]:
+    """Regular files matching the glob, sorted: those whose real path is in ``roots``, and
+    those refused because it is not (a symlink out)."""
     found = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True))
     files = [p for p in found if p.is_file() and not p.name.startswith(".")]
-    return [p for p in files if allowed(p.resolve(), cfg)]
+    inside = [p for p in files if roots.allows(Path(os.path.realpath(p)))]
+    return inside, [p for p in files if p not in set(inside)]
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return _sha256(f)
+
+
+def _sha256(f: IO[bytes]) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -108,30 +135,35 @@ def file_sha256(path: Path) -> str:
 
 
 def read_files(
-    paths: list[Path], fmt: FileFormat, *, features: list[list[str]] | None = None
+    paths: list[Path],
+    fmt: FileFormat,
+    *,
+    roots: Roots,
+    features: list[list[str]] | None = None,
 ) -> Read:
-    """The rows of ``paths`` as one stream. CSV files must share their header."""
+    """The rows of ``paths`` (each opened only if in ``roots``) as one stream. CSV files must
+    share their header."""
     data: dict[str, Any] = {"type": "file", "format": fmt, "files": []}
     if fmt == "parquet":
-        return Read("rows", _parquet_rows(paths, data["files"], features), data)
+        return Read("rows", _parquet_rows(paths, roots, data["files"], features), data)
     if fmt == "csv":
-        headers = {_first_line(p) for p in paths}
+        headers = {_first_line(p, roots) for p in paths}
         if len(headers) > 1:
             raise InvalidInput("source: the CSV files matching the path have different headers")
-    return Read(fmt, _text_lines(paths, fmt, data["files"]), data)
+    return Read(fmt, _text_lines(paths, roots, fmt, data["files"]), data)
 
 
-def _first_line(path: Path) -> bytes:
-    with path.open("rb") as f:
+def _first_line(path: Path, roots: Roots) -> bytes:
+    with open_inside(path, roots) as f:
         return f.readline().removeprefix(BOM).rstrip(b"\r\n")
 
 
 def _text_lines(
-    paths: list[Path], fmt: FileFormat, record: list[dict[str, Any]]
+    paths: list[Path], roots: Roots, fmt: FileFormat, record: list[dict[str, Any]]
 ) -> Iterator[bytes]:
     for n, path in enumerate(paths):
         h, size, rows = hashlib.sha256(), 0, 0
-        with path.open("rb") as f:
+        with open_inside(path, roots) as f:
             for i, raw in enumerate(f):
                 h.update(raw)
                 size += len(raw)
@@ -148,21 +180,26 @@ def _text_lines(
 
 
 def _parquet_rows(
-    paths: list[Path], record: list[dict[str, Any]], features: list[list[str]] | None
+    paths: list[Path],
+    roots: Roots,
+    record: list[dict[str, Any]],
+    features: list[list[str]] | None,
 ) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     for path in paths:
-        sha, rows = file_sha256(path), 0
-        pf = pq.ParquetFile(path)
-        try:
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-                for rec in batch.to_pylist():
-                    rows += 1
-                    yield to_row(rec, features=features)
-        finally:
-            pf.close()
-        size = path.stat().st_size
+        rows = 0
+        with open_inside(path, roots) as f:
+            sha, size = _sha256(f), os.fstat(f.fileno()).st_size
+            f.seek(0)
+            pf = pq.ParquetFile(f)
+            try:
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+                    for rec in batch.to_pylist():
+                        rows += 1
+                        yield to_row(rec, features=features)
+            finally:
+                pf.close()
         record.append({"path": str(path), "sha256": sha, "bytes": size, "rows": rows})
 
 
@@ -219,23 +256,6 @@ _NUMBER_OIDS = {20, 21, 23, 26, 700, 701, 1700}
 _TEXT_OIDS = {25, 1042, 1043}
 
 
-def database_url(url: str | None, default: str) -> str:
-    if url is None:
-        return default
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
-
-
-def redact(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable url>"
-
-
 def sql_engine(url: str) -> Engine:
     args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
     return create_engine(url, poolclass=NullPool, connect_args=args)
@@ -248,21 +268,30 @@ def check_query(query: str) -> str:
     return q
 
 
-def probe(engine: Engine, query: str, watermark_column: str | None) -> int | None:
+def probe(
+    target: Target, settings: Settings, query: str, watermark_column: str | None
+) -> int | None:
     """Run the query for no rows to check it; returns the watermark column's type (a PG oid).
 
     Raises:
-        InvalidInput: the query fails, or does not return the watermark column.
+        InvalidInput: the database is inferq's own (where not allowed), the query fails, or it
+            does not return the watermark column.
     """
     params = {"watermark": None} if ":watermark" in query else {}
+    engine = sql_engine(target.url)
     try:
         with engine.connect() as conn:
+            guard(conn, target, settings)
             res = conn.execute(text(f"SELECT * FROM ({query}) AS inferq_q LIMIT 0"), params)
             description = res.cursor.description if res.cursor is not None else None
             names = list(res.keys())
+    except InvalidInput:
+        raise
     except Exception as exc:
         first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
         raise InvalidInput(f"source.query: the database refused it: {first}") from exc
+    finally:
+        engine.dispose()
     if watermark_column is None:
         return None
     if watermark_column not in names:
@@ -291,29 +320,34 @@ def lowest(type_oid: int | None, column: str) -> Any:
 
 def read_sql(
     *,
-    url: str,
+    target: Target,
+    settings: Settings,
     query: str,
     watermark_column: str | None,
     watermark: Any,
     features: list[list[str]] | None = None,
 ) -> Read:
-    """Stream the rows of ``query`` (bound to ``:watermark``) in a read-only transaction."""
-    engine = sql_engine(url)
+    """Stream the rows of ``query`` (bound to ``:watermark``) in a read-only transaction, once
+    the server has said it is not inferq's own database (where that is not allowed)."""
+    engine = sql_engine(target.url)
     data: dict[str, Any] = {
         "type": "sql",
-        "url": redact(url),
+        **target.record(),
         "query": query,
         "watermark_column": watermark_column,
         "watermark_from": watermark,
         "rows": 0,
     }
     read = Read("rows", iter(()), data)
-    read.lines = _sql_rows(engine, query, watermark_column, watermark, read, features)
+    read.lines = _sql_rows(
+        engine, (target, settings), query, watermark_column, watermark, read, features
+    )
     return read
 
 
 def _sql_rows(
     engine: Engine,
+    check: tuple[Target, Settings],
     query: str,
     column: str | None,
     watermark: Any,
@@ -325,6 +359,7 @@ def _sql_rows(
     rows = 0
     try:
         with engine.connect() as conn:
+            guard(conn, *check)
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SET TRANSACTION READ ONLY"))
             result = conn.execution_options(stream_results=True, yield_per=1000).execute(

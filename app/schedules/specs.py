@@ -8,14 +8,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
+CONNECTION = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 FileFormat = Literal["jsonl", "csv", "parquet"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Database(_Strict):
+    """Which database: a connection an operator registered, or (API keys off) a URL."""
+
+    connection: str | None = Field(None, pattern=CONNECTION)
+    """The name of a connection registered for the tenant (``INFERQ_DATA_CONNECTIONS``)."""
+    url: str | None = Field(None, max_length=1000)
+    """SQLAlchemy URL; accepted only with API keys off (one trusted tenant)."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> _Database:
+        if self.connection is not None and self.url is not None:
+            raise ValueError("give connection or url, not both")
+        return self
 
 
 class FileSource(_Strict):
@@ -30,12 +46,12 @@ class FileSource(_Strict):
     """Start a run for every new file that matches (each file once), besides any cron."""
 
 
-class SqlSource(_Strict):
-    """Rows of a SQL query; with a watermark, only the rows added since the last run."""
+class SqlSource(_Database):
+    """Rows of a SQL query; with a watermark, only the rows added since the last run.
+
+    With API keys off and neither ``connection`` nor ``url``, inferq's own database."""
 
     type: Literal["sql"]
-    url: str | None = Field(None, max_length=1000)
-    """SQLAlchemy URL of the database; default: inferq's own."""
     query: str = Field(min_length=1, max_length=20_000)
     """A SELECT; ``custom_id`` names a row, the other columns are the model input. With a
     watermark it filters on ``:watermark`` and returns the watermark column."""
@@ -45,12 +61,12 @@ class SqlSource(_Strict):
     """``:watermark`` of the first run; default: below every value (the first run reads all)."""
 
 
-class TableSink(_Strict):
+class TableSink(_Database):
     """Results written to a table (created if missing): job_id, job_index, custom_id, status,
-    output, error."""
+    output, error. With API keys off and neither ``connection`` nor ``url``, a table in
+    inferq's own database (never one of inferq's tables)."""
 
     type: Literal["table"]
-    url: str | None = Field(None, max_length=1000)
     table: str = Field(pattern=IDENTIFIER)
 
 

@@ -26,22 +26,27 @@ from app.db.base import new_id
 from app.db.engine import session_scope
 from app.db.schedules import Schedule
 from app.errors import InvalidInput
-from app.schedules import sources
+from app.schedules import access, sources
 from app.schedules.config import ScheduleConfig
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 
 
-def scan(*, sessions: sessionmaker[Session], cfg: ScheduleConfig, now: datetime) -> int:
-    """Start a run for every new file of every watching schedule; returns how many."""
+def scan(
+    *, sessions: sessionmaker[Session], cfg: ScheduleConfig, settings: Settings, now: datetime
+) -> int:
+    """Start a run for every new file of every watching schedule (only files in its tenant's
+    folders); returns how many."""
     with session_scope(sessions) as s:
         watching = crud.watching(session=s)
     started = 0
     for sched in watching:
         try:
-            started += _scan_one(sessions, cfg, sched, now.timestamp())
+            roots = access.roots_for(sched.tenant, settings=settings, cfg=cfg)
+            started += _scan_one(sessions, cfg, roots, sched, now.timestamp())
         except (InvalidInput, OSError) as exc:
             log.warning(
                 "cannot watch the schedule's folder",
@@ -51,12 +56,22 @@ def scan(*, sessions: sessionmaker[Session], cfg: ScheduleConfig, now: datetime)
 
 
 def _scan_one(
-    sessions: sessionmaker[Session], cfg: ScheduleConfig, sched: Schedule, now_ts: float
+    sessions: sessionmaker[Session],
+    cfg: ScheduleConfig,
+    roots: access.Roots,
+    sched: Schedule,
+    now_ts: float,
 ) -> int:
-    pattern = sources.resolve_path(sched.source["path"], cfg, where="source.path")
+    pattern = sources.resolve_path(sched.source["path"], roots, where="source.path")
+    inside, refused = sources.matching_files(pattern, roots)
+    if refused:
+        log.warning(
+            "files that lead out of the tenant's folders are not taken in",
+            extra={"schedule": sched.id, "paths": [str(p) for p in refused[:10]]},
+        )
     files = [
         (str(p), st.st_size, st.st_mtime_ns)
-        for p in sources.matching_files(pattern, cfg)
+        for p in inside
         if (st := p.stat()) and now_ts - st.st_mtime >= cfg.settle_seconds
     ]
     started = 0

@@ -23,10 +23,10 @@ def body(roots: Path, **over: Any) -> dict[str, Any]:
     return base
 
 
-def test_create_read_list_patch_delete(api: TestClient, roots: Path) -> None:
+def test_create_read_list_patch_delete(api: TestClient, root_a: Path) -> None:
     r = api.post(
         "/v1/schedules",
-        json=body(roots, sink={"type": "file", "path": "out/{job_id}.jsonl"}),
+        json=body(root_a, sink={"type": "file", "path": "out/{job_id}.jsonl"}),
         headers=A,
     )
     assert r.status_code == 201, r.text
@@ -36,7 +36,7 @@ def test_create_read_list_patch_delete(api: TestClient, roots: Path) -> None:
     assert s["enabled"] is True
     assert s["next_run_at"].endswith(("T00:00:00Z", "T01:00:00Z"))  # 02:00 Berlin in UTC
     assert s["sink"] == {"type": "file", "path": "out/{job_id}.jsonl"}
-    assert s["source"] == {"type": "file", "path": str(roots / "in" / "*.jsonl"), "watch": False}
+    assert s["source"] == {"type": "file", "path": str(root_a / "in" / "*.jsonl"), "watch": False}
 
     assert api.get(f"/v1/schedules/{s['id']}", headers=A).json() == s
     assert [x["id"] for x in api.get("/v1/schedules", headers=A).json()["schedules"]] == [s["id"]]
@@ -57,8 +57,8 @@ def test_create_read_list_patch_delete(api: TestClient, roots: Path) -> None:
     assert api.get(f"/v1/schedules/{s['id']}", headers=A).status_code == 404
 
 
-def test_run_now_queues_a_manual_run(api: TestClient, roots: Path) -> None:
-    s = api.post("/v1/schedules", json=body(roots, enabled=False), headers=A).json()
+def test_run_now_queues_a_manual_run(api: TestClient, root_a: Path) -> None:
+    s = api.post("/v1/schedules", json=body(root_a, enabled=False), headers=A).json()
     r = api.post(f"/v1/schedules/{s['id']}/run", headers=A)
     assert r.status_code == 202
     run = r.json()
@@ -68,8 +68,8 @@ def test_run_now_queues_a_manual_run(api: TestClient, roots: Path) -> None:
     assert [x["id"] for x in runs] == [run["id"]]
 
 
-def test_another_tenants_schedule_is_not_found(api: TestClient, roots: Path) -> None:
-    s = api.post("/v1/schedules", json=body(roots), headers=A).json()
+def test_another_tenants_schedule_is_not_found(api: TestClient, root_a: Path) -> None:
+    s = api.post("/v1/schedules", json=body(root_a), headers=A).json()
     missing = {"error": {"code": "not_found", "message": f"schedule {s['id']} not found"}}
     for method, path, payload in [
         ("GET", f"/v1/schedules/{s['id']}", None),
@@ -85,14 +85,15 @@ def test_another_tenants_schedule_is_not_found(api: TestClient, roots: Path) -> 
     assert api.get("/v1/schedules").status_code == 401
 
 
-def test_a_name_is_unique_per_tenant(api: TestClient, roots: Path) -> None:
-    assert api.post("/v1/schedules", json=body(roots), headers=A).status_code == 201
-    r = api.post("/v1/schedules", json=body(roots), headers=A)
+def test_a_name_is_unique_per_tenant(api: TestClient, root_a: Path) -> None:
+    assert api.post("/v1/schedules", json=body(root_a), headers=A).status_code == 201
+    r = api.post("/v1/schedules", json=body(root_a), headers=A)
     assert r.status_code == 409
     assert r.json() == {
         "error": {"code": "name_taken", "message": "a schedule named 'nightly tickets' exists"}
     }
-    assert api.post("/v1/schedules", json=body(roots), headers=B).status_code == 201
+    in_b = {"type": "file", "path": "in/*.jsonl"}  # under B's own folder
+    assert api.post("/v1/schedules", json=body(root_a, source=in_b), headers=B).status_code == 201
 
 
 BAD: list[tuple[str, dict[str, Any], str]] = [
@@ -120,7 +121,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "path outside roots",
         {"source": {"type": "file", "path": "/etc/*.jsonl"}},
-        "source.path: '/etc/*.jsonl' is outside the folders inferq may use",
+        "source.path: '/etc/*.jsonl' is outside the folders you may use",
     ),
     (
         "format unknown",
@@ -142,7 +143,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         {
             "source": {
                 "type": "sql",
-                "query": "SELECT id AS custom_id FROM schedules",
+                "query": "SELECT id AS custom_id FROM tickets",
                 "watermark_column": "created_at",
             }
         },
@@ -153,7 +154,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         {
             "source": {
                 "type": "sql",
-                "query": "SELECT name AS text FROM schedules WHERE created_at > :watermark",
+                "query": "SELECT body AS text FROM tickets WHERE created_at > :watermark",
                 "watermark_column": "created_at",
             }
         },
@@ -164,15 +165,25 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         {
             "source": {
                 "type": "sql",
-                "query": "SELECT name AS text FROM schedules WHERE created_at > :watermark",
+                "query": "SELECT body AS text FROM tickets WHERE created_at > :watermark",
             }
         },
         "source.watermark_column: required when the query uses :watermark",
     ),
     (
-        "sink into an inferq table",
-        {"sink": {"type": "table", "table": "predictions"}},
-        "sink.table: 'predictions' is one of inferq's own tables",
+        "sink with a url",
+        {"sink": {"type": "table", "table": "scores", "url": "sqlite:///x.db"}},
+        "sink.url: with API keys on, name a connection",
+    ),
+    (
+        "source with a url and a connection",
+        {"source": {"type": "sql", "query": "SELECT 1", "url": "sqlite://", "connection": "x"}},
+        "source.sql: Value error, give connection or url, not both",
+    ),
+    (
+        "unknown connection",
+        {"source": {"type": "sql", "query": "SELECT 1", "connection": "elsewhere"}},
+        "source.connection: no connection named 'elsewhere' is registered for you",
     ),
     (
         "sink table name",
@@ -182,7 +193,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "sink outside roots",
         {"sink": {"type": "file", "path": "/tmp/out.jsonl"}},
-        "sink.path: '/tmp/out.jsonl' is outside the folders inferq may use",
+        "sink.path: '/tmp/out.jsonl' is outside the folders you may use",
     ),
     (
         "sink placeholder",
@@ -198,14 +209,14 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("case", "change", "message"), BAD, ids=[c[0] for c in BAD])
 def test_bad_schedule_is_422_with_a_message(
-    api: TestClient, roots: Path, pg_url: str, case: str, change: dict[str, Any], message: str
+    api: TestClient, root_a: Path, case: str, change: dict[str, Any], message: str
 ) -> None:
     change = {**change}
-    for key in ("source", "sink"):  # with API keys on, SQL sources and table sinks name a URL
-        part = change.get(key)
-        if isinstance(part, dict) and part.get("type") in ("sql", "table"):
-            change[key] = {"url": pg_url, **part}
-    r = api.post("/v1/schedules", json=body(roots, **change), headers=A)
+    for key in ("source", "sink"):  # with API keys on, SQL sources and table sinks name a
+        part = change.get(key)  # connection the operator registered
+        if isinstance(part, dict) and part.get("type") in ("sql", "table") and "url" not in part:
+            change[key] = {"connection": "warehouse", **part}
+    r = api.post("/v1/schedules", json=body(root_a, **change), headers=A)
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["code"] in ("invalid_input", "unknown_model")
@@ -218,15 +229,18 @@ def test_bad_schedule_is_422_with_a_message(
     [
         (
             {"source": {"type": "sql", "query": "SELECT name AS text FROM schedules"}},
-            "source.url: required",
+            "source.connection: with API keys on, name a connection an operator registered",
         ),
-        ({"sink": {"type": "table", "table": "scores"}}, "sink.url: required"),
+        (
+            {"sink": {"type": "table", "table": "scores"}},
+            "sink.connection: with API keys on, name a connection an operator registered",
+        ),
     ],
 )
 def test_with_api_keys_no_tenant_query_runs_on_inferqs_own_database(
-    api: TestClient, roots: Path, change: dict[str, Any], message: str
+    api: TestClient, root_a: Path, change: dict[str, Any], message: str
 ) -> None:
-    r = api.post("/v1/schedules", json=body(roots, **change), headers=A)
+    r = api.post("/v1/schedules", json=body(root_a, **change), headers=A)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["message"].startswith(message)
 
@@ -245,13 +259,13 @@ def test_a_body_that_is_not_a_json_object_is_422(api: TestClient, raw: bytes, me
     assert r.json()["error"]["message"].startswith(message)
 
 
-def test_a_bad_patch_changes_nothing(api: TestClient, roots: Path, pg_url: str) -> None:
-    s = api.post("/v1/schedules", json=body(roots), headers=A).json()
+def test_a_bad_patch_changes_nothing(api: TestClient, root_a: Path) -> None:
+    s = api.post("/v1/schedules", json=body(root_a), headers=A).json()
     for patch, message in [
         ({"cron": "nope"}, "cron: 'nope' must have five fields"),
         ({"name": None}, "name: must not be null"),
         (
-            {"source": {"type": "sql", "url": pg_url, "query": "UPDATE x SET y = 1"}},
+            {"source": {"type": "sql", "connection": "warehouse", "query": "UPDATE x SET y = 1"}},
             "source.query: must be one SELECT",
         ),
         ({"timezone": "Nowhere"}, "timezone: unknown time zone 'Nowhere'"),
@@ -263,15 +277,15 @@ def test_a_bad_patch_changes_nothing(api: TestClient, roots: Path, pg_url: str) 
 
 
 def test_a_schedule_can_be_paused_while_its_source_database_is_down(
-    api: TestClient, roots: Path, pg_url: str
+    api: TestClient, root_a: Path, warehouse: str
 ) -> None:
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(pg_url)
+    engine = create_engine(warehouse)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE api_src (body text)"))
-    source = {"type": "sql", "url": pg_url, "query": "SELECT body AS text FROM api_src"}
-    s = api.post("/v1/schedules", json=body(roots, source=source), headers=A).json()
+    source = {"type": "sql", "connection": "warehouse", "query": "SELECT body AS text FROM api_src"}
+    s = api.post("/v1/schedules", json=body(root_a, source=source), headers=A).json()
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE api_src"))
     engine.dispose()
@@ -284,10 +298,10 @@ def test_a_schedule_can_be_paused_while_its_source_database_is_down(
     )
 
 
-def test_a_watching_schedule_needs_no_cron(api: TestClient, roots: Path) -> None:
+def test_a_watching_schedule_needs_no_cron(api: TestClient, root_a: Path) -> None:
     r = api.post(
         "/v1/schedules",
-        json=body(roots, cron=None, source={"type": "file", "path": "inbox/*.csv", "watch": True}),
+        json=body(root_a, cron=None, source={"type": "file", "path": "inbox/*.csv", "watch": True}),
         headers=A,
     )
     assert r.status_code == 201, r.text
