@@ -44,12 +44,13 @@ class Settings(BaseSettings):
     data_connections: dict[str, dict[str, str]] = Field(default_factory=dict)
     """JSON object ``{"<tenant>": {"<name>": "<SQLAlchemy URL>"}}`` (``"*"``: every tenant): the
     databases a tenant's SQL sources and table sinks may name (``"connection": "<name>"``).
-    With API keys on they are the only ones; inferq's own database is never one of them."""
+    With API keys on they are the only ones, and inferq's own database (however spelt) is
+    refused even if registered. See docs/data-sources.md."""
 
     data_roots: dict[str, list[Path]] = Field(default_factory=dict)
     """JSON object ``{"<tenant>": ["<folder>", ...]}`` (``"*"``: every tenant): the folders a
     tenant's file sources and file sinks may use. With API keys on a tenant without an entry
-    may use none; with them off, ``INFERQ_SOURCE_ROOTS`` applies when no entry is given."""
+    may use none; with them off and no entry, ``INFERQ_SOURCE_ROOTS`` applies."""
 
     max_body_bytes: int = 1_000_000
     """Largest JSON body ``/v1`` accepts (413 above)."""
