@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Unauthorized
 from app.notify import CompletionHub
+from app.predictions.admission import Admission
 from app.predictions.service import Publisher
 from app.registry import Registry
 from app.settings import Settings
@@ -32,6 +33,8 @@ class Runtime:
     """Coalescer of submissions (one INSERT + one publish for many concurrent POSTs)."""
     loader: Any = None
     """Coalescer of prediction reads (one SELECT for many concurrent GETs)."""
+    admission: Admission | None = None
+    """The bounds every submission is checked against (``app.predictions.admission``)."""
 
 
 # The dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import JSON
 from app import errors
+from app.predictions.admission import OverLimit
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ def status_for(exc: errors.InferqError) -> int:
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.InferqError)
     async def _inferq(request: Request, exc: errors.InferqError) -> JSON:
+        if isinstance(exc, OverLimit):
+            resp = error_body(exc.code, exc.message, 429, bound=exc.bound, limit=exc.limit)
+            resp.headers["Retry-After"] = str(exc.retry_after)
+            return resp
         resp = error_body(exc.code, exc.message, status_for(exc))
         if isinstance(exc, errors.Unauthorized):
             resp.headers["WWW-Authenticate"] = "Bearer"

@@ -21,6 +21,7 @@ from app.db.engine import make_engine, make_sessionmaker
 from app.logs import configure_logging
 from app.notify import CompletionHub
 from app.predictions import service
+from app.predictions.admission import Admission
 from app.registry import Registry
 from app.settings import Settings, get_settings
 
@@ -139,9 +140,10 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
         rt = Runtime(
             settings, engine, make_sessionmaker(engine), Registry(settings.models_dir), pub, hub
         )
+        rt.admission = Admission(settings)
         rt.submitter = Coalescer(
             lambda subs: service.store_and_publish(
-                subs, sessions=rt.sessions, publisher=rt.publisher
+                subs, sessions=rt.sessions, publisher=rt.publisher, admission=rt.admission
             )
         )
         rt.loader = Coalescer(lambda ids: predictions.load_many(rt, ids), max_items=500)

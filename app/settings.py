@@ -61,6 +61,25 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = 256
     """Most ``inputs`` in one ``POST /v1/predictions``."""
 
+    max_queued_per_tenant: int = 2_000_000
+    """Most inputs one tenant may have queued or running (predictions and job lines); over it a
+    submission is refused whole with 429 and ``Retry-After``. 0: no bound."""
+
+    max_queued_per_model: int = 5_000_000
+    """Most inputs queued or running for one model, all tenants together. 0: no bound."""
+
+    tenant_rate: float = 0.0
+    """Inputs per second one tenant may submit (a token bucket over all its API keys' requests).
+    0: no rate bound."""
+
+    tenant_burst: float = 0.0
+    """The bucket's size: inputs a tenant may submit at once after a quiet spell (at least the
+    largest request; 0 with a rate: the rate, i.e. one second's worth)."""
+
+    tenant_limits: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """JSON object ``{"<tenant>": {"max_queued": N, "rate": R, "burst": B}}``: a tenant's own
+    bounds over the defaults above (a key left out keeps the default)."""
+
     max_job_upload_bytes: int = 4 << 30
     """Largest file a ``POST /v1/jobs`` upload may stream in (413 above); inline ``inputs``
     stay under ``max_body_bytes``."""

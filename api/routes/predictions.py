@@ -158,8 +158,12 @@ async def submit(rt: Runtime, sub: service.Submission) -> list[Prediction] | Non
     if rt.submitter is not None:
         return await rt.submitter.submit(sub)  # type: ignore[no-any-return]
     (replay,) = await run_in_threadpool(
-        service.store_and_publish, [sub], sessions=rt.sessions, publisher=rt.publisher
+        lambda: service.store_and_publish(
+            [sub], sessions=rt.sessions, publisher=rt.publisher, admission=rt.admission
+        )
     )
+    if isinstance(replay, BaseException):
+        raise replay
     return replay
 
 

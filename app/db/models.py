@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, JSONType, UTCDateTime, utcnow
@@ -69,4 +69,34 @@ class Prediction(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_predictions_tenant_idem"),
         Index("ix_predictions_live", "status", "published_at"),
         Index("ix_predictions_job", "job_id", "job_index"),
+        # admission control counts what waits per tenant and per model (app/predictions/admission.py)
+        Index(
+            "ix_predictions_waiting_tenant",
+            "tenant",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
+        Index(
+            "ix_predictions_waiting_model",
+            "model",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
     )
+
+
+class AdmissionState(Base):
+    """One admission bound's counter (``t:<tenant>`` or ``m:<model>``); see
+    ``app.predictions.admission``."""
+
+    __tablename__ = "admission_state"
+
+    scope: Mapped[str] = mapped_column(String(120), primary_key=True)
+    live: Mapped[float] = mapped_column(Float, default=0.0)
+    """Inputs queued or running: recounted at ``counted_at``, raised by each admission since."""
+    counted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    drain_per_s: Mapped[float] = mapped_column(Float, default=0.0)
+    """Inputs finished per second, as the recounts measured it (behind ``Retry-After``)."""
+    tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    """The tenant's rate bucket at ``tokens_at``."""
+    tokens_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

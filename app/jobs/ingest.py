@@ -29,6 +29,7 @@ from app.errors import InvalidInput, PayloadTooLarge
 from app.jobs import lines as L
 from app.jobs import store
 from app.jobs.lifecycle import end_job_if_complete
+from app.predictions.admission import Admission
 from app.registry import ModelEntry
 from app.settings import Settings
 
@@ -109,6 +110,7 @@ class JobWriter:
         )
         self._stored = False
         self._broker_down = False
+        self.admission = Admission(settings)
 
     @property
     def job_id(self) -> str:
@@ -163,6 +165,9 @@ class JobWriter:
         )
         self.seq += 1
         self.total += len(records)
+        too_big = self.admission.too_big(self.job.tenant, self.job.model, self.total)
+        if too_big is not None:  # refused at once: the caller aborts what was stored
+            raise too_big
 
     def _store_job(self, s: Session) -> None:
         """Insert the job row on the first write; later, mark it alive (see ``sweep``)."""
@@ -227,6 +232,9 @@ class JobWriter:
             source["sha256"] = self.sha.hexdigest()
         record = self._provenance(source, provenance)
         with session_scope(self.sessions) as s:
+            # the job's lines count against the same bounds as predictions: over one, this
+            # transaction stores nothing and the caller aborts the chunks stored so far
+            self.admission.admit_lines(s, self.job.tenant, self.job.model, self.total)
             self._store_job(s)
             seqs = self._take_ready(s)
             job = store.seal(

@@ -23,6 +23,7 @@ from app.db.engine import session_scope
 from app.db.models import PRIORITIES, Prediction
 from app.delivery import egress
 from app.errors import Conflict, InvalidInput
+from app.predictions.admission import Admission, OverLimit
 from app.predictions.inputs import validate_input
 from app.registry import Registry
 from app.settings import Settings
@@ -140,18 +141,36 @@ def find_replay(session: Session, sub: Submission) -> list[Prediction] | None:
     return crud.get_by_idempotency(session=session, tenant=sub.tenant, keys=keys)
 
 
+Stored = list[Prediction] | None | OverLimit
+"""Per submission: the earlier predictions it replays, None (its rows stored) or why it was
+refused (nothing of it stored)."""
+
+
 def store_and_publish(
-    subs: Sequence[Submission], *, sessions: sessionmaker[Session], publisher: Publisher
-) -> list[list[Prediction] | None]:
+    subs: Sequence[Submission],
+    *,
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    admission: Admission | None = None,
+) -> list[Stored]:
     """Store every submission's rows in one transaction, then publish them.
 
     Returns, per submission, the earlier predictions when it replays an idempotency key
-    (None when its own rows were stored). A ``Conflict`` for one submission is raised only
-    when it is alone; in a group, each is retried alone so one bad key fails one request.
+    (None when its own rows were stored), or the ``OverLimit`` that refused it (a replay is
+    never refused: it stores nothing). A ``Conflict`` for one submission is raised only when it
+    is alone; in a group, each is retried alone so one bad key fails one request.
     """
     try:
         with session_scope(sessions) as s:
-            replays = [find_replay(s, sub) for sub in subs]
+            found: list[Stored] = [find_replay(s, sub) for sub in subs]
+            fresh = [i for i, rep in enumerate(found) if rep is None]
+            if admission is not None and fresh:
+                wants = [
+                    (subs[i].tenant, subs[i].rows[0]["model"], len(subs[i].rows)) for i in fresh
+                ]
+                for i, verdict in zip(fresh, admission.admit(s, wants), strict=True):
+                    found[i] = verdict
+            replays = found
             rows = [
                 r for sub, rep in zip(subs, replays, strict=True) if rep is None for r in sub.rows
             ]

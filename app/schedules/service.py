@@ -17,6 +17,7 @@ from app.db import schedules as crud
 from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
 from app.db.schedules import Schedule, ScheduleRun
+from app.delivery import egress
 from app.errors import Conflict, InvalidInput, NotFound
 from app.predictions.views import iso
 from app.registry import Registry
@@ -72,6 +73,8 @@ def check(
         urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc
     ):
         raise InvalidInput("callback_url: must be an http(s) URL")
+    if url is not None:
+        egress.check_caller_url(url, settings)
 
 
 def _check_source(
