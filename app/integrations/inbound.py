@@ -16,9 +16,10 @@ from typing import Any, cast
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import retention
 from app.db import integrations as crud
 from app.db import predictions as predictions_crud
-from app.db.base import new_id
+from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
 from app.delivery import outbox
 from app.errors import InvalidInput, NotFound, Unauthorized
@@ -27,6 +28,7 @@ from app.integrations.base import Plan
 from app.integrations.config import GenericConfig, TelegramConfig, ZendeskConfig
 from app.integrations.store import Loaded
 from app.predictions import service
+from app.predictions.admission import Admission
 from app.registry import Registry
 from app.settings import Settings
 
@@ -142,6 +144,7 @@ def accept(plan: Plan, *, integ: Loaded, deps: HookDeps, source: str) -> Accepte
         rows = sub.rows
     status = "queued" if rows else ("replied" if plan.reply else "ignored")
     delivery_ids: list[str] = []
+    now = utcnow()
     with session_scope(deps.sessions) as s:
         fresh = crud.insert_event(
             session=s,
@@ -154,10 +157,18 @@ def accept(plan: Plan, *, integ: Loaded, deps: HookDeps, source: str) -> Accepte
                 "status": status,
                 "data": plan.data,
                 "prediction_id": rows[0]["id"] if rows else None,
+                "created_at": now,
+                "expires_at": retention.expires_at(
+                    deps.settings, retention.Kind.events, integ.tenant, now
+                ),
             },
         )
         if not fresh:
             return Accepted("duplicate")
+        if rows:  # the same bounds as the API (a 429 makes the sender retry later)
+            (over,) = Admission(deps.settings).admit(s, [(integ.tenant, rows[0]["model"], 1)])
+            if over is not None:
+                raise over
         predictions_crud.insert_predictions(session=s, rows=rows)
         if plan.reply is not None:
             r = plan.reply

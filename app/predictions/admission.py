@@ -9,29 +9,29 @@ Three bounds, each with its own limit (defaults for all tenants, overrides per t
 
 The shared counter is Postgres, in the transaction that stores the inputs (the API's group
 commit makes that one check per flush, not per request). Each bound has a row in
-``admission_state``; a flush takes a transaction-scoped advisory lock per bound it touches (in
-one global order: no deadlocks), so API processes on any number of hosts see each other's
-admissions exactly. A row's ``live`` is recounted from the predictions and jobs tables once it is
-older than ``RECOUNT_S`` (partial indexes make that cheap) and raised by every admission in
-between, so it never counts less than the truth: a bound may refuse up to a second of drain
-early, never admit past its limit. The decrease seen at each recount gives the drain rate
-behind ``Retry-After``.
+``admission_state``; a flush locks the rows of the bounds it touches (``SELECT … FOR UPDATE`` in
+scope order: no deadlocks; Postgres hands back the newest committed row once the lock is ours),
+decides, and writes them back: two statements per flush. API processes on any number of hosts
+therefore see each other's admissions exactly. A row's ``live`` is recounted from the
+predictions and jobs tables once it is older than ``RECOUNT_S`` (partial indexes make that
+cheap) and raised by every admission in between, so it never counts less than the truth: a
+bound may refuse up to a second of drain early, never admit past its limit. The decrease seen
+at each recount gives the drain rate behind ``Retry-After``.
 
 Over a bound, a submission is refused whole (nothing of it stored) with ``OverLimit``: a 429
 naming the bound, with ``Retry-After`` in seconds. An accepted request is never refused later.
-On SQLite (one host, one writer at a time) the same runs without the advisory locks.
+On SQLite (one host, one writer at a time) the same runs without row locks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
 from app.errors import RateLimited
@@ -124,12 +124,9 @@ class Admission:
         if not self.active or not wants:
             return [None] * len(wants)
         scopes = sorted({f"t:{t}" for t, _, _ in wants} | {f"m:{m}" for _, m, _ in wants})
-        now = _lock_and_now(session, scopes)
-        states = {sc: self._load(session, sc, now) for sc in scopes}
+        states, now = self._lock(session, scopes)
         verdicts = [self._one(states, t, m, n) for t, m, n in wants]
-        for st in states.values():
-            if st.dirty:
-                _save(session, st, now)
+        _save(session, [st for st in states.values() if st.dirty], now)
         return verdicts
 
     def admit_lines(self, session: Session, tenant: str, model: str, lines: int) -> None:
@@ -137,15 +134,13 @@ class Admission:
         in the transaction that seals the job; ``OverLimit`` if they do not fit."""
         if not self.active:
             return
-        scopes = sorted([f"m:{model}", f"t:{tenant}"])
-        now = _lock_and_now(session, scopes)
-        states = {sc: self._load(session, sc, now) for sc in scopes}
+        states, now = self._lock(session, sorted([f"m:{model}", f"t:{tenant}"]))
         over = self._queued(states, tenant, model, lines)
         if over is not None:
             raise over
         for st in states.values():
             st.live += lines
-            _save(session, st, now)
+        _save(session, list(states.values()), now)
 
     def too_big(self, tenant: str, model: str, lines: int) -> OverLimit | None:
         """A job of ``lines`` that no backlog could ever make room for (checked as it streams)."""
@@ -220,35 +215,40 @@ class Admission:
 
     # --- the rows -----------------------------------------------------------------------------
 
-    def _load(self, session: Session, scope: str, now: datetime) -> _State:
-        row = session.execute(
-            text(
-                "SELECT live, counted_at, drain_per_s, tokens, tokens_at FROM admission_state"
-                " WHERE scope = :scope"
-            ),
-            {"scope": scope},
-        ).first()
-        st = _State(scope, 0.0, 0.0, 0.0, dirty=row is None)
+    def _lock(self, session: Session, scopes: list[str]) -> tuple[dict[str, _State], datetime]:
+        """Lock the scopes' rows (creating missing ones) and read them, recounting old counts.
+
+        ``SELECT … FOR UPDATE`` in scope order: one global order (no deadlocks), and Postgres
+        hands back the newest committed row once the lock is ours.
+        """
+        rows = _locked(session, scopes)
+        missing = [sc for sc in scopes if sc not in rows]
+        if missing:
+            session.execute(INSERT_MISSING, [{"scope": sc} for sc in missing])
+            rows = _locked(session, scopes)
+        now = next(iter(rows.values())).now
+        if isinstance(now, str):
+            now = datetime.fromisoformat(now)
+        return {sc: self._state(session, sc, rows[sc], now) for sc in scopes}, now
+
+    def _state(self, session: Session, scope: str, row: Any, now: datetime) -> _State:
+        st = _State(scope, float(row.live), float(row.drain_per_s), 0.0)
         kind, key = ("tenant" if scope.startswith("t:") else "model"), scope[2:]
-        cap = self._cap(kind, key)
-        if row is None or _age(now, row.counted_at) >= RECOUNT_S:
+        age = _age(now, row.counted_at)
+        if age >= RECOUNT_S:
             counted = float(
-                session.execute(text(COUNT_SQL[kind]), {"key": key, "cap": cap}).scalar_one()
+                session.execute(
+                    text(COUNT_SQL[kind]), {"key": key, "cap": self._cap(kind, key)}
+                ).scalar_one()
             )
-            if row is not None:
-                drained = max(0.0, float(row.live) - counted)
-                elapsed = max(_age(now, row.counted_at), 1e-3)
-                st.drain_per_s = 0.5 * float(row.drain_per_s) + 0.5 * drained / elapsed
+            if age < 3600:  # a row just created (or long idle) measures no drain
+                drained = max(0.0, st.live - counted)
+                st.drain_per_s = 0.5 * st.drain_per_s + 0.5 * drained / age
             st.live, st.fresh_count, st.dirty = counted, True, True
-        else:
-            st.live, st.drain_per_s = float(row.live), float(row.drain_per_s)
         if kind == "tenant":
             lim = self.limits(key)
-            if row is None:
-                st.tokens = lim.burst
-            else:
-                refill = lim.rate * _age(now, row.tokens_at)
-                st.tokens = min(lim.burst, float(row.tokens) + refill)
+            refill = lim.rate * _age(now, row.tokens_at)
+            st.tokens = min(lim.burst, float(row.tokens) + refill)
             st.dirty = st.dirty or bool(lim.rate)
         return st
 
@@ -285,49 +285,52 @@ class Admission:
         }
 
 
-def _lock_and_now(session: Session, scopes: Sequence[str]) -> datetime:
-    """Take the scopes' advisory locks (Postgres; sorted: one global order) and the DB's now."""
-    if session.get_bind().dialect.name == "postgresql":
-        keys = [_key(sc) for sc in scopes]
-        locks = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(len(keys)))
-        params = {f"k{i}": k for i, k in enumerate(keys)}
-        now: datetime = session.execute(
-            text(f"SELECT now() FROM (SELECT {locks}) l"), params
-        ).scalar_one()
-        return now
-    from app.db.base import utcnow
+EPOCH = "1970-01-01T00:00:00+00:00"
+INSERT_MISSING = text(
+    "INSERT INTO admission_state (scope, live, counted_at, drain_per_s, tokens, tokens_at)"
+    f" VALUES (:scope, 0, '{EPOCH}', 0, 0, '{EPOCH}') ON CONFLICT (scope) DO NOTHING"
+)
+SELECT_ROWS = (
+    "SELECT scope, live, counted_at, drain_per_s, tokens, tokens_at, {now} AS now"
+    " FROM admission_state WHERE scope IN :scopes ORDER BY scope"
+)
+SELECT_LOCKED = {
+    "postgresql": text(SELECT_ROWS.format(now="now()") + " FOR UPDATE").bindparams(
+        bindparam("scopes", expanding=True)
+    ),
+    "sqlite": text(SELECT_ROWS.format(now="strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')")).bindparams(
+        bindparam("scopes", expanding=True)
+    ),
+}
+UPDATE_ROW = text(
+    "UPDATE admission_state SET live = :live, drain_per_s = :drain, tokens = :tokens,"
+    " tokens_at = :now, counted_at = CASE WHEN :fresh THEN :now ELSE counted_at END"
+    " WHERE scope = :scope"
+)
 
-    return utcnow()
+
+def _locked(session: Session, scopes: list[str]) -> dict[str, Any]:
+    dialect = session.get_bind().dialect.name
+    stmt = SELECT_LOCKED["postgresql" if dialect == "postgresql" else "sqlite"]
+    return {r.scope: r for r in session.execute(stmt, {"scopes": scopes})}
 
 
-def _key(scope: str) -> int:
-    digest = hashlib.blake2b(f"inferq-admission:{scope}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _save(session: Session, st: _State, now: datetime) -> None:
-    params = {
-        "scope": st.scope,
-        "live": st.live,
-        "drain": st.drain_per_s,
-        "tokens": st.tokens,
-        "now": now,
-    }
-    counted = ", counted_at = :now" if st.fresh_count else ""
-    done = session.execute(
-        text(
-            "UPDATE admission_state SET live = :live, drain_per_s = :drain, tokens = :tokens,"
-            f" tokens_at = :now{counted} WHERE scope = :scope"
-        ),
-        params,
-    ).rowcount  # type: ignore[attr-defined]
-    if not done:
+def _save(session: Session, states: list[_State], now: datetime) -> None:
+    """Write the changed rows back (one executemany)."""
+    if states:
         session.execute(
-            text(
-                "INSERT INTO admission_state (scope, live, counted_at, drain_per_s, tokens, tokens_at)"
-                " VALUES (:scope, :live, :now, :drain, :tokens, :now)"
-            ),
-            params,
+            UPDATE_ROW,
+            [
+                {
+                    "scope": st.scope,
+                    "live": st.live,
+                    "drain": st.drain_per_s,
+                    "tokens": st.tokens,
+                    "now": now,
+                    "fresh": st.fresh_count,
+                }
+                for st in states
+            ],
         )
 
 

@@ -106,3 +106,52 @@ def test_telegram_round_trip_on_sqlite(
     with session_scope(sessions) as s:
         assert s.scalars(select(Delivery)).all() == []
     engine.dispose()
+
+
+def test_a_hook_over_the_tenants_bound_is_refused_and_stores_nothing(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """Hooks pass the same admission bounds as the API (on SQLite here: no advisory locks)."""
+    from app.errors import RateLimited
+
+    settings = build_settings(
+        database_url=f"sqlite:///{tmp_path / 'inferq.db'}",
+        models_dir=models_dir,
+        tenant_limits={"default": {"max_queued": 2}},
+    )
+    migrate(settings.database_url)
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    isettings = IntegrationSettings()
+    box = SecretBox.from_settings(settings, isettings)
+    registry = Registry(models_dir)
+    row = store.create(
+        sessions=sessions,
+        box=box,
+        registry=registry,
+        tenant="default",
+        kind="telegram",
+        name="bot",
+        config={},
+        secrets={"token": TOKEN, "webhook_secret": "s3cret"},
+    )
+    deps = inbound.HookDeps(sessions, registry, settings, Recorder())
+    integ = store.load(sessions=sessions, box=box, integration_id=row.id)
+
+    def message(n: int) -> bytes:
+        body = {"update_id": n, "message": {"message_id": n, "chat": {"id": 9}, "text": "help"}}
+        return orjson.dumps(body)
+
+    for n in (1, 2):
+        got = inbound.receive_telegram(
+            integ, bot=row.id, secret="s3cret", body=message(n), deps=deps
+        )
+        assert got.status == "queued"
+    with pytest.raises(RateLimited, match="the limit is 2"):
+        inbound.receive_telegram(integ, bot=row.id, secret="s3cret", body=message(3), deps=deps)
+    with session_scope(sessions) as s:
+        assert len(s.scalars(select(IntegrationEvent)).all()) == 2  # the third left nothing
+        from app.db.models import Prediction
+
+        assert len(s.scalars(select(Prediction)).all()) == 2
+    engine.dispose()
