@@ -16,10 +16,9 @@ from api.metrics import SUBMITTED
 from api.openapi import json_body
 from api.responses import JSON
 from api.schemas import PredictionCreate
-from app import retention
 from app.db.engine import one_statement
 from app.db.models import Prediction, Status
-from app.errors import InvalidInput
+from app.errors import InvalidInput, NotFound
 from app.predictions import service
 from app.predictions.views import iso, prediction_public
 
@@ -93,7 +92,6 @@ async def _create(
         deadline_s=body.deadline_s,
         metadata=body.metadata,
         idempotency_key=idempotency_key,
-        ttl_s=body.ttl_s,
     )
     service.prepare(sub, registry=rt.registry, settings=rt.settings, now=service.now())
     # Expected before they are stored: a NOTIFY for them can only come after, never be missed.
@@ -190,7 +188,6 @@ READ_COLUMNS = [
         "metadata_",
         "job_id",
         "custom_id",
-        "expires_at",
     )
 ]
 
@@ -213,12 +210,8 @@ async def _load(rt: Runtime, tenant: str, pid: str) -> Any:
         p = await rt.loader.submit(pid)
     else:
         p = (await run_in_threadpool(load_many, rt, [pid]))[0]
-    if (
-        p is None
-        or p.tenant != tenant
-        or retention.is_expired(Status(p.status).is_final, p.expires_at, service.now())
-    ):
-        raise retention.not_found(rt.settings, retention.Kind.predictions, pid, tenant)
+    if p is None or p.tenant != tenant:
+        raise NotFound(f"prediction {pid} not found")
     return p
 
 
@@ -252,8 +245,6 @@ async def _wait_final(rt: Runtime, tenant: str, pid: str, wait: float) -> Any:
 async def cancel_prediction(prediction_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Cancel a prediction that has not started (409 once it has)."""
     p = await run_in_threadpool(
-        lambda: service.cancel(
-            sessions=rt.sessions, settings=rt.settings, tenant=tenant, prediction_id=prediction_id
-        )
+        lambda: service.cancel(sessions=rt.sessions, tenant=tenant, prediction_id=prediction_id)
     )
     return JSON(prediction_public(p))
