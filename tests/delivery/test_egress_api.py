@@ -332,4 +332,3 @@ def test_a_public_url_is_accepted(
         else next(v for k, v in config.items() if k in ("api_base", "base_url"))
     )
     assert stored.rstrip("/") == url.rstrip("/")
-
