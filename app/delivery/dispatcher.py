@@ -30,14 +30,12 @@ import httpx
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics
 from app.db.base import utcnow
 from app.db.deliveries import DeadReason, Delivery, DeliveryAttempt, DeliveryStatus
 from app.db.engine import session_scope
 from app.delivery import egress, outbox
 from app.integrations.base import Outgoing
 from app.integrations.secrets import redact
-from app.retention import DEFAULT_RETENTION_S
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +113,8 @@ class Dispatcher:
         threads: int = 8,
         rng: Callable[[], float] = random.random,
         resolver: egress.Resolver | None = None,
-        retention_s: Callable[[str], float] | None = None,
     ) -> None:
         self.sessions = sessions
-        self.retention_s = retention_s or (lambda _tenant: DEFAULT_RETENTION_S)
-        """Seconds a final delivery of a tenant is kept (``app.retention``)."""
         self.channels = dict(channels)
         self.egress = policy
         self.rng = rng
@@ -193,7 +188,6 @@ class Dispatcher:
         attempt = d.attempt_count + 1
         delay = self._delay(channel.policy, attempt - d.replay_base, result)
         self._record(d, attempt, result, duration_ms, delay)
-        metrics.delivery_attempt(d.kind, ok=result.ok, final=delay is None, created_at=d.created_at)
         log.info(
             "delivery attempt",
             extra={
@@ -310,9 +304,6 @@ class Dispatcher:
                 "lease_expires_at": None,
                 "last_error": result.error,
             }
-            if delay is None:  # final: kept from now on for the tenant's retention
-                keep = timedelta(seconds=self.retention_s(d.tenant))
-                values.update(expires_at=now + keep)
             if result.ok:
                 values.update(status=DeliveryStatus.DELIVERED, delivered_at=now)
             elif delay is None:
