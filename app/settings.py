@@ -106,11 +106,6 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 10.0
     """How often beat runs the sweeper."""
 
-    max_attempts: int = Field(3, ge=1)
-    """How often the worker running a request or a job line may be lost (its lease ran out)
-    before the input is taken to crash workers: it then ends ``failed`` with ``worker_lost``
-    and is not run again. After a first loss work runs alone, so only the poison counts up."""
-
     webhook_timeout_seconds: float = 5.0
     """Timeout of one webhook delivery attempt."""
 

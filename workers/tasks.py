@@ -43,11 +43,7 @@ def sweep() -> dict[str, int]:
     """Beat's sweeper: publish lost work again and send webhooks that are due."""
     ctx = get_context(celery_app)
     report = sweep_predictions(
-        sessions=ctx.sessions,
-        publisher=ctx.publisher,
-        settings=ctx.settings,
-        write_hooks=ctx.executors.write_hooks,
-        after_commit=ctx.executors.after_commit,
+        sessions=ctx.sessions, publisher=ctx.publisher, settings=ctx.settings
     )
     due = ctx.dispatcher.sweep()
     for extra in EXTRA_SWEEPS:
@@ -55,12 +51,7 @@ def sweep() -> dict[str, int]:
             extra(ctx)
         except Exception:
             log.exception("sweep step failed", extra={"step": getattr(extra, "__name__", "?")})
-    return {
-        "republished": report.republished,
-        "held_back": report.held_back,
-        "worker_lost": report.failed,
-        "deliveries": due,
-    }
+    return {"republished": report.republished, "deliveries": due}
 
 
 @setup_logging.connect

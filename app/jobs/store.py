@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, true, tuple_, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -36,8 +36,6 @@ class Claim:
     model_version: str
     input_format: str
     columns: list[str] | None
-    probe: bytes | None = None
-    """What isolated runs of the chunk found so far (``app.jobs.isolation``), if any."""
 
 
 @dataclass(slots=True)
@@ -103,15 +101,11 @@ def seal(
     return job
 
 
-ClaimKind = Literal["any", "fresh", "lost"]
-"""Which chunks a claim takes: any runnable one, one never run, or one whose run was lost."""
-
-
 def claim_chunk(
-    *, session: Session, job_id: str, seq: int | None, lease: timedelta, kind: ClaimKind = "any"
+    *, session: Session, job_id: str, seq: int | None, lease: timedelta
 ) -> Claim | None:
-    """Own chunk ``seq`` (or, with None, the job's first queued chunk never run) if it is queued
-    or its lease ran out, and is of ``kind``; None when there is none to own."""
+    """Own chunk ``seq`` (or, with None, the job's first queued chunk) if it is queued or its
+    lease ran out; None when there is none to own."""
     now = utcnow()
     session.execute(
         update(Job)
@@ -125,7 +119,7 @@ def claim_chunk(
     if seq is None:
         seq_of = (
             select(JobChunk.seq)
-            .where(JobChunk.job_id == job_id, JobChunk.status == QUEUED, JobChunk.attempts == 0)
+            .where(JobChunk.job_id == job_id, JobChunk.status == QUEUED)
             .order_by(JobChunk.seq)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -133,7 +127,7 @@ def claim_chunk(
         )
         which = and_(JobChunk.seq == seq_of, JobChunk.status == QUEUED)
     else:
-        which = and_(JobChunk.seq == seq, runnable, _of_kind(kind))
+        which = and_(JobChunk.seq == seq, runnable)
     row = session.execute(
         update(JobChunk)
         .where(JobChunk.job_id == job_id, which)
@@ -144,7 +138,6 @@ def claim_chunk(
             JobChunk.start_index,
             JobChunk.n_lines,
             JobChunk.lines,
-            JobChunk.results,
         )
     ).first()
     if row is None:
@@ -154,34 +147,7 @@ def claim_chunk(
     ).first()
     if job is None:  # pragma: no cover - the chunk row would be gone with its job
         return None
-    probe = None if row[5] is None else bytes(row[5])
-    model, version, fmt, columns = job
-    return Claim(
-        job_id, row[0], row[1], row[2], row[3], bytes(row[4]), model, version, fmt, columns, probe
-    )
-
-
-def is_lost(*, session: Session, job_id: str, seq: int) -> bool:
-    """Whether chunk ``seq`` ran before and may be claimed again (a ``kind="lost"`` claim)."""
-    now = utcnow()
-    runnable = or_(
-        JobChunk.status == QUEUED,
-        and_(JobChunk.status == RUNNING, JobChunk.lease_expires_at < now),
-    )
-    found = session.execute(
-        select(JobChunk.seq).where(
-            JobChunk.job_id == job_id, JobChunk.seq == seq, JobChunk.attempts > 0, runnable
-        )
-    ).first()
-    return found is not None
-
-
-def _of_kind(kind: ClaimKind) -> Any:
-    if kind == "fresh":
-        return JobChunk.attempts == 0
-    if kind == "lost":
-        return JobChunk.attempts > 0
-    return true()
+    return Claim(job_id, row[0], row[1], row[2], row[3], bytes(row[4]), *job)
 
 
 def extend_lease(
@@ -197,23 +163,6 @@ def extend_lease(
             JobChunk.attempts == attempt,
         )
         .values(lease_expires_at=utcnow() + lease)
-        .returning(JobChunk.seq)
-    )
-    return res.first() is not None
-
-
-def save_probe(*, session: Session, claim: Claim, probe: bytes, lease: timedelta) -> bool:
-    """Store what an isolated run of a chunk we still own found so far, and push its lease
-    out; False when we lost it. Kept in ``results`` until the chunk is done."""
-    res = session.execute(
-        update(JobChunk)
-        .where(
-            JobChunk.job_id == claim.job_id,
-            JobChunk.seq == claim.seq,
-            JobChunk.status == RUNNING,
-            JobChunk.attempts == claim.attempt,
-        )
-        .values(results=probe, lease_expires_at=utcnow() + lease)
         .returning(JobChunk.seq)
     )
     return res.first() is not None
@@ -269,58 +218,40 @@ def cancel_chunks(*, session: Session, job_id: str) -> tuple[int, int]:
     rows = session.execute(
         update(JobChunk)
         .where(JobChunk.job_id == job_id, JobChunk.status == QUEUED)
-        .values(status=ChunkStatus.cancelled.value, completed_at=utcnow(), results=None)
+        .values(status=ChunkStatus.cancelled.value, completed_at=utcnow())
         .returning(JobChunk.n_lines)
     ).all()
     return len(rows), sum(r[0] for r in rows)
 
 
-def _stale_chunk(requeue_before: datetime) -> Any:
-    old = or_(JobChunk.published_at.is_(None), JobChunk.published_at < requeue_before)
-    return and_(JobChunk.status == QUEUED, old)
-
-
 def stale_chunks(
     *, session: Session, now: datetime, requeue_before: datetime, limit: int = 1000
-) -> list[tuple[str, int, str, datetime | None]]:
-    """Chunks whose message may be lost: never published, published long ago and still queued,
-    or running under a lease that ran out. The latter go back to ``queued``, unpublished.
-    Returns (job id, seq, model, published at) of each; ``take_chunks`` marks them."""
+) -> list[tuple[str, int, str]]:
+    """Chunks whose message was lost: never published, published long ago and still queued, or
+    running under a lease that ran out. The latter go back to ``queued``. Returns
+    (job id, seq, model) of each, marked published ``now``."""
     session.execute(
         update(JobChunk)
         .where(JobChunk.status == RUNNING, JobChunk.lease_expires_at < now)
         .values(status=QUEUED, published_at=None, lease_expires_at=None)
     )
     rows = session.execute(
-        select(JobChunk.job_id, JobChunk.seq, Job.model, JobChunk.published_at)
+        select(JobChunk.job_id, JobChunk.seq, Job.model)
         .join(Job, Job.id == JobChunk.job_id)
-        .where(_stale_chunk(requeue_before))
+        .where(
+            JobChunk.status == QUEUED,
+            or_(JobChunk.published_at.is_(None), JobChunk.published_at < requeue_before),
+        )
         .order_by(JobChunk.job_id, JobChunk.seq)
         .limit(limit)
+        .with_for_update(of=JobChunk, skip_locked=True)
     ).all()
-    return [(r[0], r[1], r[2], r[3]) for r in rows]
-
-
-def take_chunks(
-    *,
-    session: Session,
-    keys: Sequence[tuple[str, int]],
-    now: datetime,
-    requeue_before: datetime,
-) -> list[tuple[str, int]]:
-    """Mark chunks ``keys`` (job id, seq) published ``now`` if they are still stale; returns
-    those this call took (a concurrent sweeper that took one first leaves it out here)."""
-    if not keys:
-        return []
-    rows = session.execute(
-        update(JobChunk)
-        .where(tuple_(JobChunk.job_id, JobChunk.seq).in_(list(keys)))
-        .where(_stale_chunk(requeue_before))
-        .values(published_at=now)
-        .returning(JobChunk.job_id, JobChunk.seq)
-        .execution_options(synchronize_session=False)
-    ).all()
-    return [(r[0], r[1]) for r in rows]
+    by_job: dict[str, list[int]] = {}
+    for job_id, seq, _ in rows:
+        by_job.setdefault(job_id, []).append(seq)
+    for job_id, seqs in by_job.items():
+        mark_published(session=session, job_id=job_id, seqs=seqs, when=now)
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def abandoned_uploads(*, session: Session, before: datetime) -> list[str]:

@@ -15,7 +15,6 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import poison
 from app.batching import BatchItem, DynamicBatcher, Outcome
 from app.db import predictions as crud
 from app.db.base import utcnow
@@ -41,22 +40,8 @@ def store_results(
     """Write final states in one transaction with their outbox rows (webhooks, integrations) and
     the NOTIFY that wakes long-polls; then hand what was written to the after-commit hooks.
     Every way a prediction ends in a worker goes through here."""
-    return store_final(
-        sessions, lambda s: crud.write_results(session=s, results=rows), write_hooks, after_commit
-    )
-
-
-def store_final(
-    sessions: sessionmaker[Session],
-    write: Callable[[Session], list[crud.Written]],
-    write_hooks: Sequence[WriteHook],
-    after_commit: Sequence[AfterCommit],
-) -> list[crud.Written]:
-    """Run ``write`` (a statement that makes predictions final and returns them) with the write
-    hooks and NOTIFY in its transaction, then the after-commit hooks (the sweeper ends
-    ``worker_lost`` ones through here too)."""
     with session_scope(sessions) as s:
-        written = write(s)
+        written = crud.write_results(session=s, results=rows)
         for hook in write_hooks:
             hook(s, written)
         crud.notify_done(session=s, ids=[w.id for w in written])
@@ -168,25 +153,8 @@ class ModelExecutor:
         skipped = statuses.get("skipped", 0)
         return MessageReport(len(rows), len(futures) - skipped, skipped, statuses)
 
-    def run_alone(self, row: crud.Claimed, *, timeout: float = 600.0) -> MessageReport:
-        """Run one claimed row in a batch of its own, on this thread (a row whose worker was
-        lost: see ``app.poison``); returns once it is stored."""
-        prepared = self._prepare([row.input], [row.id])
-        if row.id not in prepared:
-            return MessageReport(1, 0, 0, {"failed": 1})
-        payload = prepared[row.id]
-        item = BatchItem(row.id, payload, self.adapter.length(payload), row.priority)
-        if row.deadline_at is not None and row.deadline_at <= utcnow():
-            message = "deadline passed before it ran"
-            self._store([item], [Outcome("expired", error_code="expired", error_message=message)])
-            return MessageReport(1, 0, 0, {"expired": 1})
-        self.batcher.process([item])
-        outcome = item.future.result(timeout)  # re-raises a store failure
-        return MessageReport(1, 1, 0, {outcome.status: 1})
-
     def _prepare(self, inputs: list[dict], ids: list[str]) -> dict[str, object]:  # type: ignore[type-arg]
         """Tokenise / tensorise in one call; an input that breaks it fails alone."""
-        poison.crash_if_marked(inputs)  # test only, see ``app.poison``
         try:
             return dict(zip(ids, self.adapter.prepare(inputs), strict=True))
         except Exception:
@@ -252,8 +220,7 @@ class ExecutorPool:
 
     def run(self, model: str, ids: Sequence[str]) -> list[MessageReport]:
         """Claim a message's runnable ids and run them, grouped by the version each was
-        accepted for. Ids already finished, cancelled or held by another worker are skipped;
-        those whose worker was lost run alone, one at a time (``run_lost``)."""
+        accepted for. Ids already finished, cancelled or held by another worker are skipped."""
         lease = timedelta(seconds=self.settings.lease_seconds)
         with one_statement(self.sessions) as conn:  # one UPDATE: its own transaction
             rows = crud.claim(session=conn, ids=ids, lease=lease)
@@ -261,32 +228,7 @@ class ExecutorPool:
         for r in rows:
             if r.model == model:
                 by_version.setdefault(r.model_version, []).append(r)
-        reports = [self.get(model, v).run_rows(vrows) for v, vrows in by_version.items()]
-        if len(rows) < len(ids):
-            claimed = {r.id for r in rows}
-            reports += self.run_lost(model, [i for i in ids if i not in claimed])
-        return reports
-
-    def run_lost(self, model: str, ids: Sequence[str]) -> list[MessageReport]:
-        """Run those of ``ids`` whose worker was lost, each claimed and run alone while this
-        process runs no other such row (``app.poison.ISOLATION``): if the worker dies again,
-        the row it was running is the one to blame, and nothing else is charged a loss."""
-        lease = timedelta(seconds=self.settings.lease_seconds)
-        most = self.settings.max_attempts
-        with one_statement(self.sessions) as conn:
-            lost = crud.lost_ids(session=conn, ids=ids, max_attempts=most)
-        reports = []
-        for pid in lost:
-            with poison.ISOLATION:
-                with one_statement(self.sessions) as conn:
-                    row = crud.claim_lost(
-                        session=conn, prediction_id=pid, lease=lease, max_attempts=most
-                    )
-                if row is not None and row.model == model:
-                    reports.append(self.get(model, row.model_version).run_alone(row))
-        if lost:
-            log.info("ran rows of a lost worker alone", extra={"model": model, "count": len(lost)})
-        return reports
+        return [self.get(model, v).run_rows(vrows) for v, vrows in by_version.items()]
 
     def fail(self, ids: Sequence[str], *, code: str, message: str) -> list[crud.Written]:
         """End ``ids`` as failed (the model cannot run here), webhooks and NOTIFY included."""
