@@ -119,6 +119,8 @@ class Dispatcher:
         self.egress = policy
         self.rng = rng
         timeout = max(c.policy.timeout_s for c in self.channels.values())
+        self.lease_s = timeout * 3 + 5
+        """How long a claim holds a delivery: longer than any attempt can take."""
         self.client = egress.guarded_client(policy, timeout=timeout, resolver=resolver)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="deliver")
         self._timers: list[tuple[float, str]] = []
@@ -229,7 +231,7 @@ class Dispatcher:
                     Delivery.next_attempt_at <= now + timedelta(seconds=1),
                     or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now),
                 )
-                .values(lease_expires_at=now + timedelta(seconds=self._lease_s()))
+                .values(lease_expires_at=now + timedelta(seconds=self.lease_s))
                 .returning(Delivery.kind)
             ).scalar()
             if kind is None:
@@ -245,9 +247,6 @@ class Dispatcher:
             s.expunge(d)
         return d, built
 
-    def _lease_s(self) -> float:
-        return max(c.policy.timeout_s for c in self.channels.values()) * 3 + 5
-
     def _send(self, built: Built, policy: RetryPolicy) -> Result:
         out, secrets = built.request, built.secrets
         try:
@@ -255,9 +254,7 @@ class Dispatcher:
             resp = self.client.request(
                 out.method, out.url, content=out.body, headers=out.headers, timeout=policy.timeout_s
             )
-        except egress.EgressDenied as exc:
-            return self._denied(str(exc), secrets)
-        except egress.EgressBlocked as exc:
+        except egress.EgressDenied as exc:  # a refused URL, or a refused connect (EgressBlocked)
             return self._denied(str(exc), secrets)
         except httpx.HTTPError as exc:
             return Result(False, error=redact(f"{type(exc).__name__}: {exc}", secrets)[:500])
