@@ -22,6 +22,7 @@ from app.logs import configure_logging
 from app.notify import CompletionHub
 from app.predictions import service
 from app.predictions.admission import Admission
+from app.queue_stats import QUEUES
 from app.registry import Registry
 from app.settings import Settings, get_settings
 
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
         )
         rt.loader = Coalescer(lambda ids: predictions.load_many(rt, ids), max_items=500)
         app.state.runtime = rt
+        QUEUES.attach(rt.sessions, settings.queue_metrics_ttl_seconds, rt.registry.names())
         for startup in STARTUP_HOOKS:
             await startup(app, rt)
         try:
@@ -155,6 +157,7 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
         finally:
             for shutdown in SHUTDOWN_HOOKS:
                 await shutdown(app, rt)
+            QUEUES.detach()
             hub.stop()
             await rt.submitter.close()
             await rt.loader.close()

@@ -20,6 +20,8 @@ class PredictionCreate(BaseModel):
     priority: Literal["high", "normal", "low"] = "normal"
     deadline_s: float | None = Field(None, gt=0, le=86_400)
     metadata: dict[str, Any] | None = None
+    ttl_s: float | None = Field(None, gt=0)
+    """Seconds to keep the predictions after they were created (at most ``max_ttl``)."""
 
     @field_validator("callback_url")
     @classmethod

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.retention import check_tenant_retention
+
 DEV_WEBHOOK_SECRET = "inferq-dev-secret"
 VAR_DIR = Path(os.environ.get("INFERQ_VAR_DIR", "var"))
 
@@ -84,6 +86,21 @@ class Settings(BaseSettings):
     """Largest file a ``POST /v1/jobs`` upload may stream in (413 above); inline ``inputs``
     stay under ``max_body_bytes``."""
 
+    openai_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    """How long ``POST /v1/embeddings`` waits for its predictions before it answers 504
+    (``timeout``); they go on and are kept, so a retry with the same ``Idempotency-Key``
+    gets them."""
+
+    max_file_bytes: int = Field(200 << 20, ge=1)
+    """Largest file a ``POST /v1/files`` upload may hold (413 above)."""
+
+    batch_window_seconds: float = Field(86_400.0, gt=0)
+    """What a batch's ``completion_window`` of ``"24h"`` means here: what has not run that long
+    after ``POST /v1/batches`` ends ``expired``. Tests shorten it."""
+
+    batch_max_requests: int = Field(50_000, ge=1)
+    """Most request lines in one ``POST /v1/batches`` input file (400 above)."""
+
     job_chunk_lines: int = 0
     """Inputs per chunk of a bulk job; 0: 4096 for tabular models, 32 model batches for text."""
 
@@ -105,6 +122,45 @@ class Settings(BaseSettings):
 
     sweep_interval_seconds: float = 10.0
     """How often beat runs the sweeper."""
+
+    max_attempts: int = Field(3, ge=1)
+    """How often the worker running a request or a job line may be lost (its lease ran out)
+    before the input is taken to crash workers: it then ends ``failed`` with ``worker_lost``
+    and is not run again. After a first loss work runs alone, so only the poison counts up."""
+
+    retention_predictions_seconds: float = Field(7 * 86_400.0, gt=0)
+    """How long a prediction (its input and output) is kept after it was created; then reads
+    answer 404 and the purge deletes it. A live one is kept until it is final."""
+
+    retention_jobs_seconds: float = Field(7 * 86_400.0, gt=0)
+    """How long a bulk job, its chunks and its results are kept after it was created."""
+
+    retention_deliveries_seconds: float = Field(7 * 86_400.0, gt=0)
+    """How long a delivery (webhook or write-back) and its attempts are kept after it became
+    final (delivered or dead); a pending one is never purged."""
+
+    retention_events_seconds: float = Field(7 * 86_400.0, gt=0)
+    """How long an integration event (an inbound update or ticket) is kept after it arrived
+    (and at least as long as a delivery that answers it)."""
+
+    max_ttl_seconds: float = Field(30 * 86_400.0, gt=0)
+    """The longest ``ttl_s`` a ``POST /v1/predictions`` or ``POST /v1/jobs`` may ask for (422
+    ``ttl_too_long`` above)."""
+
+    tenant_retention: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """JSON object ``{"<tenant>": {"predictions": s, "jobs": s, "deliveries": s, "events": s,
+    "max_ttl": s}}``: a tenant's own retention (seconds) over the defaults above; a key left
+    out keeps the default. Kept apart from ``INFERQ_TENANT_LIMITS``."""
+
+    purge_interval_seconds: float = Field(300.0, gt=0)
+    """How often beat runs the purge of expired objects."""
+
+    purge_batch_rows: int = Field(1000, ge=1)
+    """Rows one purge statement deletes at most (a short transaction each; job chunks, which
+    hold the results, go a tenth of that at a time)."""
+
+    purge_budget_seconds: float = Field(120.0, gt=0)
+    """How long one purge run may go on; what is left waits for the next run."""
 
     webhook_timeout_seconds: float = 5.0
     """Timeout of one webhook delivery attempt."""
@@ -150,6 +206,20 @@ class Settings(BaseSettings):
     log_json: bool = True
     """JSON log lines (set false for human-readable console logs)."""
 
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    """First port of a worker process's Prometheus endpoint (``/metrics`` on every address):
+    each process takes the first free one of this port and the 15 after it, so several workers
+    on one host each get their own (the worker logs which). 0: no endpoint."""
+
+    queue_metrics_ttl_seconds: float = Field(5.0, ge=0)
+    """How long the API's queue gauges (``inferq_queued_inputs``, oldest queued age; one
+    grouped query on Postgres) are reused between scrapes."""
+
+    task_events: bool = False
+    """Celery task events (``worker_send_task_events``, ``task_send_sent_event``): what Flower
+    and ``celery events`` need to show tasks. Off by default: every task then sends extra
+    messages through the broker (see docs/operations.md)."""
+
     @field_validator("database_url")
     @classmethod
     def _normalise_db_url(cls, v: str) -> str:
@@ -182,6 +252,12 @@ class Settings(BaseSettings):
             if isinstance(parsed, list):
                 return parsed
         return [part.strip() for part in v.split(",") if part.strip()]
+
+    @field_validator("tenant_retention")
+    @classmethod
+    def _check_tenant_retention(cls, v: dict[str, dict[str, float]]) -> Any:
+        check_tenant_retention(v)
+        return v
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:

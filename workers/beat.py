@@ -1,4 +1,5 @@
-"""What beat sends for schedules: one ``inferq.schedules_tick`` every few seconds.
+"""What beat sends for schedules (one ``inferq.schedules_tick`` every few seconds) and for
+retention (one ``inferq.purge`` every ``INFERQ_PURGE_INTERVAL_SECONDS``).
 
 Why a tick and not a database-backed beat scheduler (sqlalchemy-celery-beat,
 django-celery-beat-style): schedules are tenant objects with sources, watermarks and run
@@ -31,6 +32,21 @@ def schedule_entries(settings: Settings, cfg: ScheduleConfig | None = None) -> d
             "options": {
                 "queue": f"{settings.queue_prefix}.maintenance",
                 "expires": max(2 * cfg.tick_seconds, 5.0),
+            },
+        }
+    }
+
+
+def retention_entries(settings: Settings) -> dict[str, Any]:
+    """The beat entry of the purge of expired objects (``inferq.purge``)."""
+    return {
+        "inferq-purge": {
+            "task": "inferq.purge",
+            "schedule": settings.purge_interval_seconds,
+            # runs that overlap share the work (SKIP LOCKED); one nobody took is dropped
+            "options": {
+                "queue": f"{settings.queue_prefix}.maintenance",
+                "expires": settings.purge_interval_seconds,
             },
         }
     }

@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 
 from app.settings import Settings, get_settings
-from workers.beat import schedule_entries
+from workers.beat import retention_entries, schedule_entries
 
 
 def queue_name(settings: Settings, model: str) -> str:
@@ -77,7 +77,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_publish_retry=False,
         worker_prefetch_multiplier=4,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_enable_remote_control=not broker.startswith("filesystem"),
         beat_schedule={
             "inferq-sweep": {
@@ -86,6 +87,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
                 "options": {"queue": f"{settings.queue_prefix}.maintenance", "expires": 60},
             },
             **schedule_entries(settings),
+            **retention_entries(settings),
         },
     )
     app.conf.inferq_settings = settings

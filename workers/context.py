@@ -49,6 +49,22 @@ class CeleryPublisher:
             "inferq.predict", args=[model, list(ids)], queue=queue_name(self.settings, model)
         )
 
+    def depth(self, model: str) -> int | None:
+        """``app.requeue.QueueDepth``: ready messages on the model's queue (not those workers
+        hold unacknowledged), by a passive declare (Redis: the list's length, RabbitMQ: the
+        queue's message count); None when the broker cannot say."""
+        try:
+            with self.celery.connection_for_write() as conn:
+                ok = conn.default_channel.queue_declare(
+                    queue=queue_name(self.settings, model), passive=True
+                )
+                return int(ok.message_count)
+        except Exception as exc:
+            if str(getattr(exc, "reply_code", "")) == "404":
+                return 0  # no such queue (Redis drops an empty list): nothing waits on it
+            log.warning("queue depth unknown", extra={"model": model, "error": repr(exc)})
+            return None
+
     def publish_job_chunk(self, model: str, job_id: str, seq: int) -> None:
         """``app.jobs.ingest.JobPublisher``: one ``inferq.job_chunk`` message per chunk."""
         self.celery.send_task(

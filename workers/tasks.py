@@ -26,7 +26,7 @@ def predict(self: Task, model: str, ids: list[str]) -> dict[str, Any]:
         reports = ctx.executors.run(model, ids)
     except (UnknownModel, ModelNotReady) as exc:
         log.error("model not servable here", extra={"model": model, "error": exc.message})
-        ctx.executors.fail(ids, code=exc.code, message=exc.message)
+        ctx.executors.fail(ids, code=exc.code, message=exc.message, model=model)
         return {"failed": len(ids)}
     except OperationalError as exc:  # the database is away: try the message again later
         log.warning("database unavailable; retrying message", extra={"error": str(exc)[:200]})
@@ -43,7 +43,11 @@ def sweep() -> dict[str, int]:
     """Beat's sweeper: publish lost work again and send webhooks that are due."""
     ctx = get_context(celery_app)
     report = sweep_predictions(
-        sessions=ctx.sessions, publisher=ctx.publisher, settings=ctx.settings
+        sessions=ctx.sessions,
+        publisher=ctx.publisher,
+        settings=ctx.settings,
+        write_hooks=ctx.executors.write_hooks,
+        after_commit=ctx.executors.after_commit,
     )
     due = ctx.dispatcher.sweep()
     for extra in EXTRA_SWEEPS:
@@ -51,7 +55,12 @@ def sweep() -> dict[str, int]:
             extra(ctx)
         except Exception:
             log.exception("sweep step failed", extra={"step": getattr(extra, "__name__", "?")})
-    return {"republished": report.republished, "deliveries": due}
+    return {
+        "republished": report.republished,
+        "held_back": report.held_back,
+        "worker_lost": report.failed,
+        "deliveries": due,
+    }
 
 
 @setup_logging.connect

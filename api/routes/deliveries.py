@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, TenantDep
 from api.responses import JSON
+from app import retention
 from app.delivery import outbox
 
 router = APIRouter(prefix="/v1", tags=["deliveries"])
@@ -42,9 +43,10 @@ async def list_deliveries(
 @router.get("/deliveries/{delivery_id}")
 async def get_delivery(delivery_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """One delivery with every attempt (status code, error, duration, outcome)."""
-    view = await run_in_threadpool(
-        lambda: outbox.detail(sessions=rt.sessions, tenant=tenant, delivery_id=delivery_id)
-    )
+    with retention.noting(rt.settings, retention.Kind.deliveries, delivery_id, tenant):
+        view = await run_in_threadpool(
+            lambda: outbox.detail(sessions=rt.sessions, tenant=tenant, delivery_id=delivery_id)
+        )
     return JSON(view)
 
 
@@ -53,9 +55,12 @@ async def replay_delivery(
     delivery_id: str, request: Request, rt: RuntimeDep, tenant: TenantDep
 ) -> JSON:
     """Send a dead delivery again with a fresh budget of attempts (a no-op unless it is dead)."""
-    replayed = await run_in_threadpool(
-        lambda: outbox.replay_dead(sessions=rt.sessions, tenant=tenant, delivery_ids=[delivery_id])
-    )
+    with retention.noting(rt.settings, retention.Kind.deliveries, delivery_id, tenant):
+        replayed = await run_in_threadpool(
+            lambda: outbox.replay_dead(
+                sessions=rt.sessions, tenant=tenant, delivery_ids=[delivery_id]
+            )
+        )
     hooks = getattr(request.app.state, "integrations", None)
     if replayed and hooks is not None:
         hooks.sender.submit(replayed)  # else the sweeper sends it within a sweep interval

@@ -18,6 +18,7 @@ from api.longpoll import MAX_WAIT_S, wait_final
 from api.main import STREAMED_PATHS
 from api.multipart import Part, read_events
 from api.responses import JSON
+from app import retention
 from app.db.jobs import Job, JobStatus
 from app.errors import InvalidInput, PayloadTooLarge
 from app.jobs import results, service
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 STREAMED_PATHS.add("/v1/jobs")
 
 BLOCK = 1 << 20
-FORM_FIELDS = ("model", "model_version", "callback_url", "format")
+FORM_FIELDS = ("model", "model_version", "callback_url", "format", "ttl_s")
 MAX_FIELD_BYTES = 4096
 FORM_OVERHEAD = 64 << 10
 
@@ -42,6 +43,8 @@ class JobCreate(BaseModel):
     model_version: str | None = Field(None, max_length=50)
     inputs: list[Any] = Field(min_length=1)
     callback_url: str | None = Field(None, max_length=2000)
+    ttl_s: float | None = Field(None, gt=0)
+    """Seconds to keep the job and its results after it was created (at most ``max_ttl``)."""
 
     @field_validator("callback_url")
     @classmethod
@@ -53,6 +56,24 @@ def _check_url(v: str | None) -> str | None:
     if v is not None and not v.startswith(("http://", "https://")):
         raise ValueError("callback_url must be an http:// or https:// URL")
     return v
+
+
+def _ttl(field: str | None) -> float | None:
+    """The ``ttl_s`` form field: a positive number of seconds, or absent."""
+    if not field:
+        return None
+    try:
+        ttl = float(field)
+    except ValueError:
+        ttl = -1.0
+    if not ttl > 0:
+        raise InvalidInput(f"ttl_s must be a positive number of seconds, got {field!r}")
+    return ttl
+
+
+def _kept(rt: Runtime, tenant: str, job_id: str) -> contextlib.AbstractContextManager[None]:
+    """A job not found (unknown, another tenant's or expired) says how long jobs are kept."""
+    return retention.noting(rt.settings, retention.Kind.jobs, job_id, tenant)
 
 
 def _publisher(rt: Runtime) -> JobPublisher:
@@ -116,6 +137,7 @@ async def _from_json(request: Request, rt: RuntimeDep, tenant: str) -> Job:
             fmt="rows",
             callback_url=body.callback_url,
             source={"type": "inline"},
+            ttl_s=body.ttl_s,
         )
     )
 
@@ -160,6 +182,7 @@ class _Upload:
             filename=self.part.filename,
             callback_url=callback_url,
             max_bytes=self.limit,
+            ttl_s=_ttl(fields.get("ttl_s")),
         )
 
     async def write(self, data: bytes) -> None:
@@ -188,6 +211,9 @@ class _Upload:
     async def finish(self, fields: dict[str, str]) -> Job:
         await self._drain()
         await self._settle()
+        if self.writer is not None and "ttl_s" in fields and self.writer.ttl_s is None:
+            # the job was stored as the file came in, under the retention then known
+            raise InvalidInput("form field 'ttl_s' must come before the 'file' part")
         if self.writer is None:
             if "model" not in fields:
                 raise InvalidInput("the form has no 'model' field")
@@ -290,9 +316,10 @@ async def get_job(
     ended (succeeded, failed or cancelled) or ``wait`` seconds have passed."""
 
     async def load() -> Job:
-        return await run_in_threadpool(
-            lambda: service.get_job(sessions=rt.sessions, tenant=tenant, job_id=job_id)
-        )
+        with _kept(rt, tenant, job_id):
+            return await run_in_threadpool(
+                lambda: service.get_job(sessions=rt.sessions, tenant=tenant, job_id=job_id)
+            )
 
     if wait <= 0:
         return JSON(service.job_public(await load()))
@@ -305,11 +332,12 @@ async def job_results(
     job_id: str, rt: RuntimeDep, tenant: TenantDep, format: str = "jsonl"
 ) -> StreamingResponse:
     """One line per input, in input order: ``custom_id`` and ``output`` or ``error``."""
-    blocks = await run_in_threadpool(
-        lambda: results.open_results(
-            sessions=rt.sessions, registry=rt.registry, tenant=tenant, job_id=job_id, fmt=format
+    with _kept(rt, tenant, job_id):
+        blocks = await run_in_threadpool(
+            lambda: results.open_results(
+                sessions=rt.sessions, registry=rt.registry, tenant=tenant, job_id=job_id, fmt=format
+            )
         )
-    )
     return StreamingResponse(
         blocks,
         media_type=results.MEDIA_TYPES[format],
@@ -320,7 +348,8 @@ async def job_results(
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Cancel what has not started yet (running chunks finish); 409 once the job has ended."""
-    job = await run_in_threadpool(
-        lambda: service.cancel_job(sessions=rt.sessions, tenant=tenant, job_id=job_id)
-    )
+    with _kept(rt, tenant, job_id):
+        job = await run_in_threadpool(
+            lambda: service.cancel_job(sessions=rt.sessions, tenant=tenant, job_id=job_id)
+        )
     return JSON(service.job_public(job))

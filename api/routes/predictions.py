@@ -16,9 +16,10 @@ from api.metrics import SUBMITTED
 from api.openapi import json_body
 from api.responses import JSON
 from api.schemas import PredictionCreate
+from app import retention
 from app.db.engine import one_statement
 from app.db.models import Prediction, Status
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput
 from app.predictions import service
 from app.predictions.views import iso, prediction_public
 
@@ -92,34 +93,9 @@ async def _create(
         deadline_s=body.deadline_s,
         metadata=body.metadata,
         idempotency_key=idempotency_key,
+        ttl_s=body.ttl_s,
     )
-    service.prepare(sub, registry=rt.registry, settings=rt.settings, now=service.now())
-    # Expected before they are stored: a NOTIFY for them can only come after, never be missed.
-    ids = [r["id"] for r in sub.rows]
-    rt.hub.expect(ids, tenant)
-    try:
-        replay = await submit(rt, sub)
-    except BaseException:
-        rt.hub.forget(ids)
-        raise
-    rows: list[dict[str, Any]]
-    if replay is not None:
-        rt.hub.forget(ids)
-        rows = [
-            {"id": p.id, "status": p.status, "model": p.model, "created_at": iso(p.created_at)}
-            for p in replay
-        ]
-    else:
-        SUBMITTED.labels(model=sub.model).inc(len(sub.rows))
-        rows = [
-            {
-                "id": r["id"],
-                "status": "queued",
-                "model": r["model"],
-                "created_at": iso(r["created_at"]),
-            }
-            for r in sub.rows
-        ]
+    rows = await accept(rt, sub)
     if many:
         return JSON({"predictions": rows}, status_code=202)
     pid = rows[0]["id"]
@@ -130,6 +106,32 @@ async def _create(
     headers["Preference-Applied"] = f"wait={wait:g}"
     final = Status(p.status).is_final
     return JSON(prediction_public(p), status_code=200 if final else 202, headers=headers)
+
+
+async def accept(rt: Runtime, sub: service.Submission) -> list[dict[str, Any]]:
+    """Validate, store and publish ``sub`` (admission-controlled, idempotent with its key);
+    returns ``{"id", "status", "model", "created_at"}`` per input, a replay's if it is one.
+    ``POST /v1/predictions`` and ``POST /v1/embeddings`` both submit through here."""
+    service.prepare(sub, registry=rt.registry, settings=rt.settings, now=service.now())
+    # Expected before they are stored: a NOTIFY for them can only come after, never be missed.
+    ids = [r["id"] for r in sub.rows]
+    rt.hub.expect(ids, sub.tenant)
+    try:
+        replay = await submit(rt, sub)
+    except BaseException:
+        rt.hub.forget(ids)
+        raise
+    if replay is not None:
+        rt.hub.forget(ids)
+        return [
+            {"id": p.id, "status": p.status, "model": p.model, "created_at": iso(p.created_at)}
+            for p in replay
+        ]
+    SUBMITTED.labels(model=sub.model).inc(len(sub.rows))
+    return [
+        {"id": r["id"], "status": "queued", "model": r["model"], "created_at": iso(r["created_at"])}
+        for r in sub.rows
+    ]
 
 
 def prefer_wait(header: str | None) -> float | None:
@@ -188,6 +190,7 @@ READ_COLUMNS = [
         "metadata_",
         "job_id",
         "custom_id",
+        "expires_at",
     )
 ]
 
@@ -210,8 +213,12 @@ async def _load(rt: Runtime, tenant: str, pid: str) -> Any:
         p = await rt.loader.submit(pid)
     else:
         p = (await run_in_threadpool(load_many, rt, [pid]))[0]
-    if p is None or p.tenant != tenant:
-        raise NotFound(f"prediction {pid} not found")
+    if (
+        p is None
+        or p.tenant != tenant
+        or retention.is_expired(Status(p.status).is_final, p.expires_at, service.now())
+    ):
+        raise retention.not_found(rt.settings, retention.Kind.predictions, pid, tenant)
     return p
 
 
@@ -245,6 +252,8 @@ async def _wait_final(rt: Runtime, tenant: str, pid: str, wait: float) -> Any:
 async def cancel_prediction(prediction_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Cancel a prediction that has not started (409 once it has)."""
     p = await run_in_threadpool(
-        lambda: service.cancel(sessions=rt.sessions, tenant=tenant, prediction_id=prediction_id)
+        lambda: service.cancel(
+            sessions=rt.sessions, settings=rt.settings, tenant=tenant, prediction_id=prediction_id
+        )
     )
     return JSON(prediction_public(p))

@@ -7,7 +7,8 @@ within a bucket ``high`` priority goes before ``normal`` before ``low``, then ol
 past their deadline leave as ``expired`` without running; items the ``admit`` hook refuses
 (cancelled, taken by another worker) are skipped. A batch that raises is bisected until only the inputs that break
 it fail. Every batch's outcomes go to ``sink`` (one bulk write) before any future resolves;
-with a ``writer`` pool that write overlaps the next batch's run.
+with a ``writer`` pool that write overlaps the next batch's run. An ``observer`` (metrics) hears
+of each batch as it starts and of each model run that returned.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,21 @@ class BatchItem:
     enqueued_at: float = 0.0
     seq: int = 0
     future: Future[Outcome] = field(default_factory=Future)
+    accepted_at: float | None = None
+    """When the request was accepted, on the batcher's clock, if the caller knows (metrics)."""
 
 
 RunBatch = Callable[[list[Any]], Sequence[Any]]
 Sink = Callable[[list[BatchItem], list[Outcome]], None]
 Admit = Callable[[list[BatchItem]], set[str]]
+
+
+class Observer(Protocol):
+    """Told of each batch as it starts and of each model run that returned (metrics)."""
+
+    def started(self, batch: list[BatchItem], now: float) -> None: ...
+
+    def ran(self, items: list[BatchItem], seconds: float) -> None: ...
 
 
 class DynamicBatcher:
@@ -71,6 +82,7 @@ class DynamicBatcher:
         admit: Admit | None = None,
         clock: Callable[[], float] = time.monotonic,
         writer: Executor | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -85,6 +97,7 @@ class DynamicBatcher:
         self.admit = admit
         self.clock = clock
         self.writer = writer
+        self.observer = observer
         self._buckets: dict[int, list[BatchItem]] = {}
         self._cond = threading.Condition()
         self._seq = itertools.count()
@@ -210,6 +223,8 @@ class DynamicBatcher:
             batch = [i for i in batch if i.key in allowed]
         if not batch:
             return
+        if self.observer is not None:
+            self.observer.started(batch, self.clock())
         outcomes: dict[int, Outcome] = {}
         self._run_bisect(batch, outcomes)
         self._finish(batch, [outcomes[id(i)] for i in batch])
@@ -234,7 +249,10 @@ class DynamicBatcher:
             self._run_bisect(items[:mid], outcomes)
             self._run_bisect(items[mid:], outcomes)
             return
-        run_ms = (time.perf_counter() - start) * 1000
+        seconds = time.perf_counter() - start
+        if self.observer is not None:
+            self.observer.ran(items, seconds)
+        run_ms = seconds * 1000
         for item, value in zip(items, values, strict=True):
             outcomes[id(item)] = Outcome("succeeded", value, batch_size=len(items), run_ms=run_ms)
 

@@ -13,6 +13,7 @@ from app.cli.deliveries import deliveries_cli
 from app.cli.integrations import register as register_integrations
 from app.cli.jobs import jobs_cli
 from app.cli.models import models_cli
+from app.cli.purge import register as register_purge
 from app.cli.schedules import schedules_cli
 
 cli = typer.Typer(help="inferq: queue-driven inference workers.", no_args_is_help=True)
@@ -22,6 +23,7 @@ cli.add_typer(schedules_cli, name="schedules")
 cli.add_typer(deliveries_cli, name="deliveries")
 register_integrations(cli)  # inferq telegram …, inferq integrations …
 processes.register(cli)
+register_purge(cli)  # inferq purge [--dry-run]
 
 
 def main() -> None:

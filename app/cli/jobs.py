@@ -1,14 +1,17 @@
 """``inferq jobs …``: submit a file as a bulk job, follow it, fetch its results — over HTTP.
 
-The commands talk to a running API (``--api-url``, ``INFERQ_API_URL``), never to the database,
-so they work from any machine that can reach it.
+The commands talk to a running API (``--api-url``, ``INFERQ_API_URL``) through ``app.client``,
+never to the database, so they work from any machine that can reach it.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any, BinaryIO, cast
+from typing import Annotated, Any
 
 import httpx
 import orjson
@@ -24,6 +27,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from app.client import ApiError, Client, Job
+
 jobs_cli = typer.Typer(
     help="Bulk jobs: submit a JSONL/CSV file, follow it, get its results.", no_args_is_help=True
 )
@@ -35,57 +40,35 @@ ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="INFERQ_API_KEY", help="Bearer API key.")
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINAL = {"succeeded", "failed", "cancelled"}
 err = Console(stderr=True)
 
 
-def _client(api_url: str, api_key: str | None, timeout: float = 60) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
-
-
-def _check(r: httpx.Response) -> Any:
-    """The JSON body of a 2xx answer; otherwise print the API's error and exit 1."""
-    if r.is_success:
-        return r.json()
+@contextmanager
+def _client(api_url: str, api_key: str | None, timeout: float = 60) -> Iterator[Client]:
+    """A client whose errors end the command: the API's error printed, exit status 1."""
     try:
-        e = r.json()["error"]
-        msg = f"{e['code']}: {e['message']}"
-    except (ValueError, KeyError, TypeError):
-        msg = r.text[:500]
-    err.print(f"[red]error[/red] ({r.status_code}) {msg}")
-    raise typer.Exit(1)
+        with Client(api_url, api_key or "", timeout=timeout) as c:
+            yield c
+    except ApiError as exc:
+        err.print(f"[red]error[/red] ({exc.status}) {exc.code}: {exc.message}")
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error[/red] cannot reach {api_url}: {exc}")
+        raise typer.Exit(1) from None
 
 
-class _Counting:
-    """A file that reports how many bytes were read from it (httpx streams it in blocks)."""
-
-    def __init__(self, f: BinaryIO, progress: Progress, task: Any) -> None:
-        self.f = f
-        self.progress = progress
-        self.task = task
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.progress.advance(self.task, len(data))
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.f, name)
-
-
-def _upload(c: httpx.Client, path: Path, data: dict[str, str]) -> dict[str, Any]:
-    size = path.stat().st_size
+def _upload(c: Client, path: Path, model: str, options: dict[str, Any]) -> Job:
     columns = (TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with path.open("rb") as f, Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task("upload", total=size)
-        counting = cast(IO[bytes], _Counting(f, progress, task))
-        files = {"file": (path.name, counting, None)}
-        body: dict[str, Any] = _check(c.post("/v1/jobs", data=data, files=files))
-    return body
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("upload", total=path.stat().st_size)
+
+        def sent(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return c.create_job(model, path, progress=sent, **options)
 
 
-def _follow(c: httpx.Client, job: dict[str, Any], poll: float) -> dict[str, Any]:
+def _follow(c: Client, job: Job, poll: float) -> Job:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -94,30 +77,30 @@ def _follow(c: httpx.Client, job: dict[str, Any], poll: float) -> dict[str, Any]
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=True) as progress:
-        counts = job["request_counts"]
-        task = progress.add_task(job["status"], total=counts["total"], ok=0, failed=0)
-        while job["status"] not in FINAL:
-            # held by the API until the job ends or ``poll`` seconds pass (fresh counts)
-            job = _check(c.get(f"/v1/jobs/{job['id']}", params={"wait": poll}))
-            counts = job["request_counts"]
+        task = progress.add_task(job.status, total=job.request_counts.total, ok=0, failed=0)
+
+        def show(j: Job) -> None:
+            n = j.request_counts
             progress.update(
                 task,
-                description=job["status"],
-                total=counts["total"],
-                completed=counts["succeeded"] + counts["failed"],
-                ok=counts["succeeded"],
-                failed=counts["failed"],
+                description=j.status,
+                total=n.total,
+                completed=n.succeeded + n.failed,
+                ok=n.succeeded,
+                failed=n.failed,
             )
-    return job
+
+        # each answer is held by the API until the job ends or ``poll`` seconds pass
+        return c.wait_job(job.id, poll=poll, on_update=show)
 
 
-def _summary(job: dict[str, Any]) -> str:
-    c = job["request_counts"]
-    text = f"job {job['id']} {job['status']}: {c['total']} lines"
-    if job["status"] != "queued":
-        text += f", {c['succeeded']} succeeded, {c['failed']} failed"
-        if c.get("cancelled"):
-            text += f", {c['cancelled']} cancelled"
+def _summary(job: Job) -> str:
+    c = job.request_counts
+    text = f"job {job.id} {job.status}: {c.total} lines"
+    if job.status != "queued":
+        text += f", {c.succeeded} succeeded, {c.failed} failed"
+        if c.cancelled:
+            text += f", {c.cancelled} cancelled"
     return text
 
 
@@ -138,17 +121,15 @@ def submit(
     api_key: ApiKey = None,
 ) -> None:
     """Upload FILE as a bulk job; with --wait, show its progress until it ends."""
-    data = {"model": model}
-    extra = {"model_version": model_version, "callback_url": callback_url, "format": fmt}
-    data.update({k: v for k, v in extra.items() if v})
+    options = {"model_version": model_version, "callback_url": callback_url, "format": fmt}
     with _client(api_url, api_key, timeout=600) as c:
-        job = _upload(c, file, data)
+        job = _upload(c, file, model, {k: v for k, v in options.items() if v})
         typer.echo(_summary(job))
         if not wait:
             return
         job = _follow(c, job, poll)
     typer.echo(_summary(job))
-    if job["status"] != "succeeded":
+    if job.status != "succeeded":
         raise typer.Exit(1)
 
 
@@ -156,8 +137,8 @@ def submit(
 def get(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
     """Print a job (status, request counts, provenance) as JSON."""
     with _client(api_url, api_key) as c:
-        job = _check(c.get(f"/v1/jobs/{job_id}"))
-    typer.echo(orjson.dumps(job, option=orjson.OPT_INDENT_2).decode())
+        job = c.get_job(job_id)
+    typer.echo(orjson.dumps(job.raw, option=orjson.OPT_INDENT_2).decode())
 
 
 @jobs_cli.command("list")
@@ -168,16 +149,16 @@ def list_(
 ) -> None:
     """One line per recent job."""
     with _client(api_url, api_key) as c:
-        jobs = _check(c.get("/v1/jobs", params={"limit": limit}))["jobs"]
+        jobs = c.list_jobs(limit=limit)
     for job in jobs:
-        typer.echo(f"{job['created_at']}  {job['model']:<16} {_summary(job)}")
+        typer.echo(f"{job.raw['created_at']}  {job.model:<16} {_summary(job)}")
 
 
 @jobs_cli.command("cancel")
 def cancel(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
     """Cancel the inputs of a job that have not started."""
     with _client(api_url, api_key) as c:
-        job = _check(c.post(f"/v1/jobs/{job_id}/cancel"))
+        job = c.cancel_job(job_id)
     typer.echo(_summary(job))
 
 
@@ -192,22 +173,25 @@ def results(
     api_key: ApiKey = None,
 ) -> None:
     """Download a finished job's results, one line per input, in input order."""
-    with (
-        _client(api_url, api_key, timeout=600) as c,
-        c.stream("GET", f"/v1/jobs/{job_id}/results", params={"format": fmt}) as r,
-    ):
-        if not r.is_success:
-            r.read()
-            _check(r)
-        sink = sys.stdout.buffer if output is None or str(output) == "-" else output.open("wb")
-        try:
-            lines = 0
-            for block in r.iter_bytes():
-                sink.write(block)
-                lines += block.count(b"\n")
-        finally:
-            if sink is not sys.stdout.buffer:
-                sink.close()
-    if output is not None and str(output) != "-":
+    to_file = output is not None and str(output) != "-"
+    with _client(api_url, api_key, timeout=600) as c:
+        blocks = c.results_bytes(job_id, format=fmt)
+        first = next(blocks, b"")  # an error answer raises here, before the file is made
+        lines = _write(output if to_file else None, itertools.chain([first], blocks))
+    if to_file:
         rows = lines - 1 if fmt == "csv" else lines
         err.print(f"{rows} results written to {output}")
+
+
+def _write(path: Path | None, blocks: Iterable[bytes]) -> int:
+    """Write the blocks to ``path`` (stdout when None); returns the lines written."""
+    sink = sys.stdout.buffer if path is None else path.open("wb")
+    try:
+        lines = 0
+        for block in blocks:
+            sink.write(block)
+            lines += block.count(b"\n")
+    finally:
+        if sink is not sys.stdout.buffer:
+            sink.close()
+    return lines

@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from app.cli.health import healthcheck
 from app.cli.models import ensure_models
 from app.settings import VAR_DIR, get_settings
 
@@ -185,6 +186,6 @@ def _wait_until_serving(url: str, proc: subprocess.Popen[bytes], timeout: float 
 
 
 def register(cli: typer.Typer) -> None:
-    """Add the process commands to the ``inferq`` command."""
-    for command in (migrate, release, worker, beat, api, up):
+    """Add the process commands (and their health check) to the ``inferq`` command."""
+    for command in (migrate, release, worker, beat, api, up, healthcheck):
         cli.command()(command)

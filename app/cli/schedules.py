@@ -1,14 +1,19 @@
-"""``inferq schedules …``: manage schedules through the HTTP API (``--api-url``, ``--api-key``)."""
+"""``inferq schedules …``: manage schedules through the HTTP API (``--api-url``, ``--api-key``),
+with ``app.client``."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
+
+from app.client import ApiError, Client
 
 schedules_cli = typer.Typer(
     help="Schedules: cron or file-triggered batch jobs.", no_args_is_help=True
@@ -22,39 +27,33 @@ class Api:
     url: str
     key: str | None
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        try:
-            resp = httpx.request(
-                method, f"{self.url.rstrip('/')}{path}", json=body, headers=headers, timeout=30
-            )
-        except httpx.HTTPError as exc:
-            _fail(f"cannot reach {self.url}: {exc}")
-        if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-                _fail(f"{resp.status_code} {err['code']}: {err['message']}")
-            except (ValueError, KeyError, TypeError):
-                _fail(f"{resp.status_code}: {resp.text[:300]}")
-        return resp.json()
 
-    def schedule_id(self, ref: str) -> str:
-        """``ref`` is an id (``sch_…``) or a schedule's name."""
-        if ref.startswith("sch_"):
-            return ref
-        for s in self.call("GET", "/v1/schedules")["schedules"]:
-            if s["name"] == ref:
-                return str(s["id"])
-        _fail(f"no schedule named {ref!r}")
+@contextmanager
+def _client(ctx: typer.Context) -> Iterator[Client]:
+    """A client whose errors end the command: ``<status> <code>: <message>``, exit 1."""
+    api: Api = ctx.obj
+    try:
+        with Client(api.url, api.key or "", timeout=30) as c:
+            yield c
+    except ApiError as exc:
+        _fail(f"{exc.status} {exc.code}: {exc.message}")
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {api.url}: {exc}")
+
+
+def schedule_id(c: Client, ref: str) -> str:
+    """``ref`` is an id (``sch_…``) or a schedule's name."""
+    if ref.startswith("sch_"):
+        return ref
+    for s in c.list_schedules():
+        if s.name == ref:
+            return s.id
+    _fail(f"no schedule named {ref!r}")
 
 
 def _fail(message: str) -> NoReturn:
     typer.secho(message, err=True, fg=typer.colors.RED)
     raise typer.Exit(1)
-
-
-def _api(ctx: typer.Context) -> Api:
-    return ctx.obj  # type: ignore[no-any-return]
 
 
 def _show(obj: Any) -> None:
@@ -131,13 +130,17 @@ def create(
     }
     optional = {"cron": cron, "sink": _json_option(sink, "sink"), "callback_url": callback_url}
     body.update({k: v for k, v in optional.items() if v is not None})
-    _show(_api(ctx).call("POST", "/v1/schedules", body))
+    with _client(ctx) as c:
+        _show(c.create_schedule(body).raw)
 
 
 @schedules_cli.command("list")
 def list_(ctx: typer.Context) -> None:
     """Your schedules, one a line: id, name, cron, timezone, model, enabled, next run, source."""
-    for s in _api(ctx).call("GET", "/v1/schedules")["schedules"]:
+    with _client(ctx) as c:
+        schedules = c.list_schedules()
+    for sch in schedules:
+        s = sch.raw
         src = s["source"]
         what = src.get("path") or " ".join(str(src.get("query") or "").split())[:60]
         typer.echo(
@@ -159,16 +162,16 @@ def list_(ctx: typer.Context) -> None:
 @schedules_cli.command("get")
 def get(ctx: typer.Context, schedule: Annotated[str, typer.Argument(help="Id or name.")]) -> None:
     """A schedule and its latest runs."""
-    api = _api(ctx)
-    sid = api.schedule_id(schedule)
-    body = api.call("GET", f"/v1/schedules/{sid}")
-    body["runs"] = api.call("GET", f"/v1/schedules/{sid}/runs?limit=5")["runs"]
+    with _client(ctx) as c:
+        sid = schedule_id(c, schedule)
+        body = c.get_schedule(sid).raw
+        body["runs"] = [r.raw for r in c.schedule_runs(sid, limit=5)]
     _show(body)
 
 
 def _set_enabled(ctx: typer.Context, schedule: str, enabled: bool) -> None:
-    api = _api(ctx)
-    body = api.call("PATCH", f"/v1/schedules/{api.schedule_id(schedule)}", {"enabled": enabled})
+    with _client(ctx) as c:
+        body = c.update_schedule(schedule_id(c, schedule), {"enabled": enabled}).raw
     typer.echo(
         f"{body['id']} {'enabled' if enabled else 'disabled'}; next run: "
         f"{body.get('next_run_at') or '-'}"
@@ -196,9 +199,9 @@ def delete(
     ctx: typer.Context, schedule: Annotated[str, typer.Argument(help="Id or name.")]
 ) -> None:
     """Delete a schedule and its run history (its jobs stay)."""
-    api = _api(ctx)
-    sid = api.schedule_id(schedule)
-    api.call("DELETE", f"/v1/schedules/{sid}")
+    with _client(ctx) as c:
+        sid = schedule_id(c, schedule)
+        c.delete_schedule(sid)
     typer.echo(f"{sid} deleted")
 
 
@@ -210,16 +213,15 @@ def run_now(
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 120.0,
 ) -> None:
     """Run a schedule now, whether enabled or not."""
-    api = _api(ctx)
-    sid = api.schedule_id(schedule)
-    run = api.call("POST", f"/v1/schedules/{sid}/run")
-    end = time.monotonic() + timeout
-    while wait and run["status"] not in FINAL_RUN and time.monotonic() < end:
-        time.sleep(0.5)
-        runs = api.call("GET", f"/v1/schedules/{sid}/runs?limit=50")["runs"]
-        run = next((r for r in runs if r["id"] == run["id"]), run)
-    if wait and run["status"] not in FINAL_RUN:
-        _fail(f"run {run['id']} is still {run['status']} after {timeout:.0f}s")
-    _show(run)
-    if run["status"] == "failed":
+    with _client(ctx) as c:
+        sid = schedule_id(c, schedule)
+        run = c.run_schedule(sid)
+        end = time.monotonic() + timeout
+        while wait and run.status not in FINAL_RUN and time.monotonic() < end:
+            time.sleep(0.5)
+            run = next((r for r in c.schedule_runs(sid, limit=50) if r.id == run.id), run)
+    if wait and run.status not in FINAL_RUN:
+        _fail(f"run {run.id} is still {run.status} after {timeout:.0f}s")
+    _show(run.raw)
+    if run.status == "failed":
         raise typer.Exit(1)

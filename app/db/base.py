@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
@@ -45,6 +45,15 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def default_expiry(context: Any) -> datetime:
+    """``expires_at`` of a row stored without one: its ``created_at`` plus the default
+    retention (the insert paths of the API set the tenant's own; see ``app.retention``)."""
+    from app.retention import DEFAULT_RETENTION_S
+
+    created = context.get_current_parameters().get("created_at") if context else None
+    return (created or utcnow()) + timedelta(seconds=DEFAULT_RETENTION_S)
 
 
 def new_id(prefix: str) -> str:

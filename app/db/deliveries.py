@@ -76,6 +76,9 @@ class Delivery(Base):
     dead_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    """When it and its attempts are deleted: set when it becomes final (delivered or dead) to
+    then plus the tenant's retention; None while pending (a replay clears it)."""
 
     __table_args__ = (
         Index("ix_deliveries_due", "status", "next_attempt_at"),

@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from app.db.base import Base, JSONType, UTCDateTime, utcnow
+from app.db.base import Base, JSONType, UTCDateTime, default_expiry, utcnow
 from app.db.deliveries import Delivery, DeliveryAttempt
 
 
@@ -67,6 +67,8 @@ class IntegrationEvent(Base):
     data: Mapped[Any] = mapped_column(JSONType)
     prediction_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, default=default_expiry, index=True)
+    """When it is deleted, once it is no longer queued and no delivery answers it any more."""
 
     __table_args__ = (
         UniqueConstraint("integration_id", "external_id", name="uq_integration_events_external"),

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
-from app.db.base import Base, JSONType, UTCDateTime, utcnow
+from app.db.base import Base, JSONType, UTCDateTime, default_expiry, utcnow
 
 
 class JobStatus(StrEnum):
@@ -78,6 +78,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, default=default_expiry, index=True)
+    """When the job, its chunks and its results are deleted, once final (``app.retention``)."""
 
     __table_args__ = (Index("ix_jobs_tenant_created", "tenant", "created_at"),)
 

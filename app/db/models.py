@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, JSONType, UTCDateTime, utcnow
+from app.db.base import Base, JSONType, UTCDateTime, default_expiry, utcnow
 
 
 class Status(StrEnum):
@@ -64,6 +64,9 @@ class Prediction(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     run_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, default=default_expiry, index=True)
+    """When it is deleted, once final (``app.retention``): ``created_at`` plus its ``ttl_s`` or
+    the tenant's retention."""
 
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key", name="uq_predictions_tenant_idem"),

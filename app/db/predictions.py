@@ -89,14 +89,6 @@ def cancel_prediction(*, session: Session, tenant: str, prediction_id: str) -> b
     return res.first() is not None
 
 
-def _claimable(now: Any) -> Any:
-    """Queued, or running under a lease that ran out by ``now`` (a value or a bind parameter)."""
-    return or_(
-        Prediction.status == Status.queued.value,
-        and_(Prediction.status == Status.running.value, Prediction.lease_expires_at < now),
-    )
-
-
 @dataclass(slots=True)
 class Claimed:
     """What a worker needs of a prediction it just claimed."""
@@ -111,24 +103,52 @@ class Claimed:
 
 
 def claim(*, session: Session | Connection, ids: Sequence[str], lease: timedelta) -> list[Claimed]:
-    """Take the runnable ones of ``ids`` (queued, or running under a lease that ran out):
-    mark them running under a new lease and return them. Cancelled, finished and
-    otherwise-held rows are left alone, so a message delivered twice runs nothing twice."""
+    """Take the queued ones of ``ids``: mark them running under a new lease and return them.
+    Cancelled, finished and running rows are left alone, so a message delivered twice runs
+    nothing twice; one whose worker was lost is taken only by ``claim_lost``."""
     now = utcnow()
     params = {"ids": list(ids), "now": now, "lease_until": now + lease}
     return [Claimed(*row) for row in session.execute(_CLAIM, params)]
 
 
-def _claim_statement() -> Any:
-    """The claim, built once (a message's hot path: no statement building per call)."""
+def claim_lost(
+    *, session: Session | Connection, prediction_id: str, lease: timedelta, max_attempts: int
+) -> Claimed | None:
+    """Take one prediction whose worker was lost (running under a lease that ran out), unless
+    it was claimed ``max_attempts`` times already (the sweeper fails those)."""
+    now = utcnow()
+    params = {"ids": [prediction_id], "now": now, "lease_until": now + lease, "max": max_attempts}
+    row = session.execute(_CLAIM_LOST, params).first()
+    return None if row is None else Claimed(*row)
+
+
+def lost_ids(*, session: Session | Connection, ids: Sequence[str], max_attempts: int) -> list[str]:
+    """Those of ``ids`` whose worker was lost and that may run again, in the order given."""
+    t = Prediction.__table__.c
+    found = set(
+        session.execute(
+            select(t.id).where(t.id.in_(list(ids)), _lost(utcnow()), t.attempts < max_attempts)
+        ).scalars()
+    )
+    return [i for i in ids if i in found]
+
+
+def _lost(now: Any) -> Any:
+    """Running under a lease that ran out by ``now`` (a value or a bind parameter)."""
+    t = Prediction.__table__.c
+    return and_(t.status == Status.running.value, t.lease_expires_at < now)
+
+
+def _claim_statement(*, lost: bool) -> Any:
+    """A claim, built once (a message's hot path: no statement building per call)."""
     t = Prediction.__table__.c
     now = bindparam("now", type_=t.started_at.type)
+    which = (
+        and_(_lost(now), t.attempts < bindparam("max")) if lost else t.status == Status.queued.value
+    )
     return (
         update(Prediction.__table__)  # type: ignore[arg-type]
-        .where(
-            t.id.in_(bindparam("ids", expanding=True)),
-            _claimable(now),
-        )
+        .where(t.id.in_(bindparam("ids", expanding=True)), which)
         .values(
             status=Status.running.value,
             started_at=now,
@@ -139,7 +159,8 @@ def _claim_statement() -> Any:
     )
 
 
-_CLAIM = _claim_statement()
+_CLAIM = _claim_statement(lost=False)
+_CLAIM_LOST = _claim_statement(lost=True)
 
 
 _PG_WRITE = text(
@@ -250,36 +271,6 @@ def notify_done(*, session: Session, ids: Sequence[str]) -> None:
         session.execute(
             text("SELECT pg_notify('inferq_done', :p)"), {"p": ",".join(ids[start : start + 150])}
         )
-
-
-def stale(
-    *, session: Session, now: datetime, requeue_before: datetime, limit: int = 5000
-) -> list[tuple[str, str, int]]:
-    """Live predictions that need publishing again: (id, model, priority).
-
-    Queued ones whose publish failed or is older than ``requeue_before``, and running ones
-    whose lease ran out.
-    """
-    rows = session.execute(
-        select(Prediction.id, Prediction.model, Prediction.priority)
-        .where(
-            or_(
-                and_(
-                    Prediction.status == Status.queued.value,
-                    or_(
-                        Prediction.published_at.is_(None),
-                        Prediction.published_at < requeue_before,
-                    ),
-                ),
-                and_(
-                    Prediction.status == Status.running.value,
-                    Prediction.lease_expires_at < now,
-                ),
-            )
-        )
-        .limit(limit)
-    )
-    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def mark_published(*, session: Session, ids: Sequence[str], when: datetime | None) -> None:

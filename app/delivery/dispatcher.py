@@ -30,12 +30,14 @@ import httpx
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.db.base import utcnow
 from app.db.deliveries import DeadReason, Delivery, DeliveryAttempt, DeliveryStatus
 from app.db.engine import session_scope
 from app.delivery import egress, outbox
 from app.integrations.base import Outgoing
 from app.integrations.secrets import redact
+from app.retention import DEFAULT_RETENTION_S
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +115,15 @@ class Dispatcher:
         threads: int = 8,
         rng: Callable[[], float] = random.random,
         resolver: egress.Resolver | None = None,
+        retention_s: Callable[[str], float] | None = None,
     ) -> None:
         self.sessions = sessions
+        self.retention_s = retention_s or (lambda _tenant: DEFAULT_RETENTION_S)
+        """Seconds a final delivery of a tenant is kept (``app.retention``)."""
         self.channels = dict(channels)
         self.egress = policy
         self.rng = rng
         timeout = max(c.policy.timeout_s for c in self.channels.values())
-        self.lease_s = timeout * 3 + 5
-        """How long a claim holds a delivery: longer than any attempt can take."""
         self.client = egress.guarded_client(policy, timeout=timeout, resolver=resolver)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="deliver")
         self._timers: list[tuple[float, str]] = []
@@ -190,6 +193,7 @@ class Dispatcher:
         attempt = d.attempt_count + 1
         delay = self._delay(channel.policy, attempt - d.replay_base, result)
         self._record(d, attempt, result, duration_ms, delay)
+        metrics.delivery_attempt(d.kind, ok=result.ok, final=delay is None, created_at=d.created_at)
         log.info(
             "delivery attempt",
             extra={
@@ -231,7 +235,7 @@ class Dispatcher:
                     Delivery.next_attempt_at <= now + timedelta(seconds=1),
                     or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now),
                 )
-                .values(lease_expires_at=now + timedelta(seconds=self.lease_s))
+                .values(lease_expires_at=now + timedelta(seconds=self._lease_s()))
                 .returning(Delivery.kind)
             ).scalar()
             if kind is None:
@@ -247,6 +251,9 @@ class Dispatcher:
             s.expunge(d)
         return d, built
 
+    def _lease_s(self) -> float:
+        return max(c.policy.timeout_s for c in self.channels.values()) * 3 + 5
+
     def _send(self, built: Built, policy: RetryPolicy) -> Result:
         out, secrets = built.request, built.secrets
         try:
@@ -254,7 +261,9 @@ class Dispatcher:
             resp = self.client.request(
                 out.method, out.url, content=out.body, headers=out.headers, timeout=policy.timeout_s
             )
-        except egress.EgressDenied as exc:  # a refused URL, or a refused connect (EgressBlocked)
+        except egress.EgressDenied as exc:
+            return self._denied(str(exc), secrets)
+        except egress.EgressBlocked as exc:
             return self._denied(str(exc), secrets)
         except httpx.HTTPError as exc:
             return Result(False, error=redact(f"{type(exc).__name__}: {exc}", secrets)[:500])
@@ -301,6 +310,9 @@ class Dispatcher:
                 "lease_expires_at": None,
                 "last_error": result.error,
             }
+            if delay is None:  # final: kept from now on for the tenant's retention
+                keep = timedelta(seconds=self.retention_s(d.tenant))
+                values.update(expires_at=now + keep)
             if result.ok:
                 values.update(status=DeliveryStatus.DELIVERED, delivered_at=now)
             elif delay is None:

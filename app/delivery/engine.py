@@ -10,6 +10,7 @@ from app.delivery.integration import IntegrationChannel
 from app.delivery.webhook import WebhookChannel
 from app.integrations.config import IntegrationSettings
 from app.integrations.secrets import SecretBox
+from app.retention import Kind, retention_s
 from app.settings import Settings
 
 
@@ -31,6 +32,7 @@ def build_dispatcher(
         policy_for(settings),
         threads=8 + isettings.integration_sender_threads,
         resolver=resolver or pinned_resolver(settings.egress_resolve),
+        retention_s=lambda tenant: retention_s(settings, Kind.deliveries, tenant),
     )
 
 

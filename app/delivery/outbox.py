@@ -77,6 +77,11 @@ def add_webhook(
     return did
 
 
+def _not_expired() -> Any:
+    """Pending (no expiry yet), or final and not yet past ``expires_at`` (``app.retention``)."""
+    return or_(Delivery.expires_at.is_(None), Delivery.expires_at > utcnow())
+
+
 def due(*, session: Session, limit: int = 500) -> list[str]:
     """Pending deliveries whose time has come and that nobody holds, oldest first."""
     now = utcnow()
@@ -104,7 +109,12 @@ def listing(
     limit: int = 100,
 ) -> list[Delivery]:
     """Deliveries newest first (``tenant`` None: every tenant's, for operators)."""
-    stmt = select(Delivery).order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit)
+    stmt = (
+        select(Delivery)
+        .where(_not_expired())
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+        .limit(limit)
+    )
     if tenant is not None:
         stmt = stmt.where(Delivery.tenant == tenant)
     if status is not None:
@@ -117,9 +127,13 @@ def listing(
 
 
 def get(*, session: Session, tenant: str | None, delivery_id: str) -> Delivery:
-    """One delivery; another tenant's is not found."""
+    """One delivery; another tenant's, or an expired one, is not found."""
     d = session.get(Delivery, delivery_id)
-    if d is None or (tenant is not None and d.tenant != tenant):
+    if (
+        d is None
+        or (tenant is not None and d.tenant != tenant)
+        or (d.expires_at is not None and d.expires_at <= utcnow())
+    ):
         raise NotFound(f"delivery {delivery_id} not found")
     return d
 
@@ -155,6 +169,7 @@ def replay(*, session: Session, tenant: str | None, delivery_ids: Sequence[str])
             next_attempt_at=utcnow(),
             lease_expires_at=None,
             dead_reason=None,
+            expires_at=None,  # pending again: kept until final (plus retention) once more
         )
         .returning(Delivery.id)
     )
@@ -175,6 +190,7 @@ def public(d: Delivery, tries: Sequence[DeliveryAttempt] | None = None) -> dict[
         "delivered_at": iso(d.delivered_at),
         "dead_reason": d.dead_reason,
         "last_error": d.last_error,
+        "expires_at": iso(d.expires_at),
     }
     if d.kind == "webhook":
         body.update(subject_type=d.subject_type, subject_id=d.subject_id, url=d.url)
@@ -239,7 +255,11 @@ def replay_dead(
     given; returns the ids now pending again."""
     with session_scope(sessions) as s:
         if not delivery_ids:
-            stmt = select(Delivery.id).where(Delivery.status == DeliveryStatus.DEAD).limit(limit)
+            stmt = (
+                select(Delivery.id)
+                .where(Delivery.status == DeliveryStatus.DEAD, _not_expired())
+                .limit(limit)
+            )
             if tenant is not None:
                 stmt = stmt.where(Delivery.tenant == tenant)
             if reason is not None:

@@ -16,9 +16,10 @@ from typing import Any, cast
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import retention
 from app.db import integrations as crud
 from app.db import predictions as predictions_crud
-from app.db.base import new_id
+from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
 from app.delivery import outbox
 from app.errors import InvalidInput, NotFound, Unauthorized
@@ -143,6 +144,7 @@ def accept(plan: Plan, *, integ: Loaded, deps: HookDeps, source: str) -> Accepte
         rows = sub.rows
     status = "queued" if rows else ("replied" if plan.reply else "ignored")
     delivery_ids: list[str] = []
+    now = utcnow()
     with session_scope(deps.sessions) as s:
         fresh = crud.insert_event(
             session=s,
@@ -155,6 +157,10 @@ def accept(plan: Plan, *, integ: Loaded, deps: HookDeps, source: str) -> Accepte
                 "status": status,
                 "data": plan.data,
                 "prediction_id": rows[0]["id"] if rows else None,
+                "created_at": now,
+                "expires_at": retention.expires_at(
+                    deps.settings, retention.Kind.events, integ.tenant, now
+                ),
             },
         )
         if not fresh:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from sqlalchemy import delete, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import __version__
+from app import __version__, retention
 from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
 from app.db.jobs import ChunkStatus, Job, JobChunk, JobStatus
@@ -76,8 +76,10 @@ class JobWriter:
         sink: dict[str, Any] | None = None,
         max_bytes: int | None = None,
         check_first: bool = True,
+        ttl_s: float | None = None,
     ) -> None:
         self.sessions = sessions
+        self.ttl_s = ttl_s
         self.check_first = check_first
         self.publisher = publisher
         self.settings = settings
@@ -95,6 +97,7 @@ class JobWriter:
         self._pending: list[bytes] = []
         self._ready: list[dict[str, Any]] = []
         m = entry.manifest
+        created = utcnow()
         self.job = Job(
             id=new_id("job"),
             tenant=tenant,
@@ -105,8 +108,10 @@ class JobWriter:
             callback_url=callback_url,
             schedule_id=schedule_id,
             sink=sink,
-            created_at=utcnow(),
-            updated_at=utcnow(),
+            created_at=created,
+            updated_at=created,
+            # the job, its chunks and its results go together (``app.purge``)
+            expires_at=retention.expires_at(settings, retention.Kind.jobs, tenant, created, ttl_s),
         )
         self._stored = False
         self._broker_down = False

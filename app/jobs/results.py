@@ -78,7 +78,7 @@ def _jsonl_blocks(sessions: sessionmaker[Session], job: Job) -> Iterator[bytes]:
     )
     with sessions() as s:
         for status, start, results, lines in s.execute(stmt):
-            if results is not None:
+            if results is not None and status == ChunkStatus.done.value:  # else: a probe
                 yield bytes(results) + b"\n"
                 continue
             error = NOT_RUN.get(status, STILL_RUNNING)

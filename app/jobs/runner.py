@@ -18,9 +18,11 @@ from typing import Any
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import poison
 from app.db.engine import session_scope
 from app.errors import InferqError
 from app.jobs import store
+from app.jobs.isolation import Probe, run_isolated
 from app.jobs.lifecycle import end_job_if_complete
 from app.jobs.lines import custom_ids, parse_chunk
 from app.runtime.adapters import Adapter
@@ -30,7 +32,8 @@ log = logging.getLogger(__name__)
 
 TABULAR_BATCH = 4096
 MAX_ATTEMPTS = 5
-"""A chunk whose worker died or raised this many times fails (each input with ``GAVE_UP``)."""
+"""A chunk whose worker died or raised this many times fails (each input with ``GAVE_UP``);
+losses charged to one of its lines (``app.jobs.isolation``) do not count here."""
 GAVE_UP = {
     "code": "chunk_failed",
     "message": f"gave up after {MAX_ATTEMPTS} attempts: the worker died or raised each time",
@@ -99,22 +102,68 @@ def run_chunk(
     job_id: str,
     seq: int | None,
 ) -> ChunkReport | None:
-    """Run chunk ``seq`` (None: the first queued one) of ``job_id``; None when there was
-    nothing to claim or the chunk was taken over meanwhile."""
+    """Run chunk ``seq`` (None: the first queued one never run) of ``job_id``; None when there
+    was nothing to claim or the chunk was taken over meanwhile. A chunk whose earlier run was
+    lost runs line by line (``app.jobs.isolation``), while this process runs no other suspect
+    work (``app.poison.ISOLATION``)."""
     lease = timedelta(seconds=settings.lease_seconds)
+    claim = _claim(sessions, job_id, seq, lease, "fresh")
+    if claim is not None:
+        return _run_claimed(sessions, settings, adapter_for, claim, lease)
+    if seq is None or not _is_lost(sessions, job_id, seq):
+        return None  # the usual case of a message whose chunk someone ran off the table
+    with poison.ISOLATION:
+        claim = _claim(sessions, job_id, seq, lease, "lost")
+        return (
+            None if claim is None else _run_claimed(sessions, settings, adapter_for, claim, lease)
+        )
+
+
+def _is_lost(sessions: sessionmaker[Session], job_id: str, seq: int) -> bool:
+    with sessions() as s:
+        return store.is_lost(session=s, job_id=job_id, seq=seq)
+
+
+def _claim(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    seq: int | None,
+    lease: timedelta,
+    kind: store.ClaimKind,
+) -> store.Claim | None:
+    """Claim the chunk; after a lost run, charge that loss to the line it was running alone."""
     with session_scope(sessions) as s:
-        claim = store.claim_chunk(session=s, job_id=job_id, seq=seq, lease=lease)
-    if claim is None:
-        return None
+        claim = store.claim_chunk(session=s, job_id=job_id, seq=seq, lease=lease, kind=kind)
+        if claim is not None and claim.attempt > 1:
+            claim.probe = Probe.load(claim.probe).charged().dump()
+            store.save_probe(session=s, claim=claim, probe=claim.probe, lease=lease)
+    return claim
+
+
+def _run_claimed(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    adapter_for: AdapterFor,
+    claim: store.Claim,
+    lease: timedelta,
+) -> ChunkReport | None:
     heartbeat = _Heartbeat(sessions, claim, lease)
+    probe = Probe.load(claim.probe) if claim.attempt > 1 else None
     try:
-        if claim.attempt > MAX_ATTEMPTS:
+        if probe is not None and claim.attempt - 1 - probe.explained >= MAX_ATTEMPTS:
             result = failed_chunk(claim, GAVE_UP)
         else:
-            result = score_chunk(claim, adapter_for=adapter_for, settings=settings, beat=heartbeat)
+            result = score_chunk(
+                claim,
+                adapter_for=adapter_for,
+                settings=settings,
+                beat=heartbeat,
+                probe=probe,
+                save=heartbeat.save,
+            )
     except LeaseLost:
         log.warning(
-            "chunk taken over; dropping its results", extra={"job": job_id, "seq": claim.seq}
+            "chunk taken over; dropping its results", extra={"job": claim.job_id, "seq": claim.seq}
         )
         return None
     with session_scope(sessions) as s:
@@ -150,6 +199,14 @@ class _Heartbeat:
             raise LeaseLost()
         self.last = time.monotonic()
 
+    def save(self, probe: Probe) -> None:
+        """Store an isolated run's progress (which also pushes the lease out)."""
+        with session_scope(self.sessions) as s:
+            ok = store.save_probe(session=s, claim=self.claim, probe=probe.dump(), lease=self.lease)
+        if not ok:
+            raise LeaseLost()
+        self.last = time.monotonic()
+
 
 def score_chunk(
     claim: store.Claim,
@@ -157,8 +214,11 @@ def score_chunk(
     adapter_for: AdapterFor,
     settings: Settings,
     beat: Callable[[], None] = lambda: None,
+    probe: Probe | None = None,
+    save: Callable[[Probe], None] = lambda _: None,
 ) -> store.ChunkResult:
-    """The chunk's result lines: ``{"index", "custom_id", "output"|"error"}`` in input order."""
+    """The chunk's result lines: ``{"index", "custom_id", "output"|"error"}`` in input order.
+    With a ``probe`` (an earlier run was lost) lines run alone, ``save`` before each."""
     try:
         adapter = adapter_for(claim.model, claim.model_version)
     except InferqError as exc:
@@ -177,7 +237,19 @@ def score_chunk(
     else:
         batch, tokens = manifest.batching.max_batch_size, settings.job_batch_tokens or None
     values = [parsed.inputs[i] for i in valid]
-    outcomes = run_model(adapter, values, batch=batch, tokens=tokens, beat=beat)
+    if probe is None:
+        outcomes = run_model(adapter, values, batch=batch, tokens=tokens, beat=beat)
+    else:
+        outcomes = run_isolated(
+            adapter,
+            valid,
+            values,
+            probe=probe,
+            max_attempts=settings.max_attempts,
+            run=lambda a, xs, b: run_model(a, xs, batch=b, tokens=tokens, beat=beat),
+            batch=batch,
+            save=save,
+        )
     outputs: list[Any] = [None] * len(parsed.inputs)
     errors = parsed.errors
     for i, (out, err) in zip(valid, outcomes, strict=True):
@@ -246,6 +318,7 @@ def _prepare(
     """Tokenise / tensorise all at once; on failure one by one, so a bad input fails alone."""
     if not inputs:
         return [], []
+    poison.crash_if_marked(inputs)  # test only, see ``app.poison``
     try:
         return list(adapter.prepare(inputs)), list(range(len(inputs)))
     except Exception:

@@ -48,11 +48,12 @@ def open_job(
     sink: dict[str, Any] | None = None,
     max_bytes: int | None = None,
     check_first: bool = True,
+    ttl_s: float | None = None,
 ) -> JobWriter:
     """A writer for a new job, to ``feed`` blocks of input and then ``finish``.
 
-    Raises ``UnknownModel``, or ``EgressDenied`` for a ``callback_url`` the egress policy can
-    never allow, before anything is stored.
+    Raises ``UnknownModel``, ``EgressDenied`` for a ``callback_url`` the egress policy can
+    never allow, or ``InvalidInput`` for a ``ttl_s`` over the cap, before anything is stored.
     """
     entry = registry.get(model, model_version)
     if callback_url is not None:
@@ -70,6 +71,7 @@ def open_job(
         sink=sink,
         max_bytes=max_bytes,
         check_first=check_first,
+        ttl_s=ttl_s,
     )
 
 
@@ -89,6 +91,7 @@ def create_job(
     provenance: dict[str, Any] | None = None,
     sink: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
+    ttl_s: float | None = None,
 ) -> Job:
     """Store a job and publish its chunks; returns it once committed (status ``queued``).
 
@@ -96,7 +99,8 @@ def create_job(
     or ``{"custom_id", "input"}``; for ``fmt="csv"``, CSV lines starting with the header.
     ``source`` describes the input (default ``{"type": fmt}``); ``provenance`` is merged over
     what the job records itself (model name, version and sha256, inferq version, source with
-    its line count, size and sha256, parameters).
+    its line count, size and sha256, parameters). ``ttl_s``: how long to keep the job and its
+    results (None: the tenant's retention).
 
     Raises: ``UnknownModel``; ``InvalidInput`` (no input, a CSV header that does not fit the
     model).
@@ -114,6 +118,7 @@ def create_job(
         schedule_id=schedule_id,
         sink=sink,
         check_first=fmt != "rows",
+        ttl_s=ttl_s,
     )
     try:
         for block in _blocks(lines, rows=fmt == "rows"):
@@ -196,6 +201,7 @@ def job_public(job: Job) -> dict[str, Any]:
             "cancelled": job.cancelled,
         },
         "created_at": iso(job.created_at),
+        "expires_at": iso(job.expires_at),
     }
     if job.error_code is not None:
         body["error"] = {"code": job.error_code, "message": job.error_message or ""}

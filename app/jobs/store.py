@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, true, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -36,6 +36,8 @@ class Claim:
     model_version: str
     input_format: str
     columns: list[str] | None
+    probe: bytes | None = None
+    """What isolated runs of the chunk found so far (``app.jobs.isolation``), if any."""
 
 
 @dataclass(slots=True)
@@ -47,9 +49,14 @@ class ChunkResult:
     failed: int
 
 
+def _visible() -> Any:
+    """Not expired: live, or final and not yet past ``expires_at`` (``app.retention``)."""
+    return or_(Job.status.in_(LIVE_JOB_STATUSES), Job.expires_at > utcnow())
+
+
 def get_job(*, session: Session, tenant: str, job_id: str, lock: bool = False) -> Job | None:
-    """The tenant's job, or None (another tenant's job is None too)."""
-    stmt = select(Job).where(Job.id == job_id, Job.tenant == tenant)
+    """The tenant's job, or None (another tenant's, or an expired one, is None too)."""
+    stmt = select(Job).where(Job.id == job_id, Job.tenant == tenant, _visible())
     if lock:
         stmt = stmt.with_for_update()
     return session.scalars(stmt).first()
@@ -58,8 +65,8 @@ def get_job(*, session: Session, tenant: str, job_id: str, lock: bool = False) -
 def list_jobs(
     *, session: Session, tenant: str, limit: int, schedule_id: str | None = None
 ) -> list[Job]:
-    """The tenant's newest jobs first (of one schedule, if given)."""
-    stmt = select(Job).where(Job.tenant == tenant)
+    """The tenant's newest jobs first (of one schedule, if given), expired ones left out."""
+    stmt = select(Job).where(Job.tenant == tenant, _visible())
     if schedule_id is not None:
         stmt = stmt.where(Job.schedule_id == schedule_id)
     return list(session.scalars(stmt.order_by(Job.created_at.desc()).limit(limit)).all())
@@ -101,11 +108,15 @@ def seal(
     return job
 
 
+ClaimKind = Literal["any", "fresh", "lost"]
+"""Which chunks a claim takes: any runnable one, one never run, or one whose run was lost."""
+
+
 def claim_chunk(
-    *, session: Session, job_id: str, seq: int | None, lease: timedelta
+    *, session: Session, job_id: str, seq: int | None, lease: timedelta, kind: ClaimKind = "any"
 ) -> Claim | None:
-    """Own chunk ``seq`` (or, with None, the job's first queued chunk) if it is queued or its
-    lease ran out; None when there is none to own."""
+    """Own chunk ``seq`` (or, with None, the job's first queued chunk never run) if it is queued
+    or its lease ran out, and is of ``kind``; None when there is none to own."""
     now = utcnow()
     session.execute(
         update(Job)
@@ -119,7 +130,7 @@ def claim_chunk(
     if seq is None:
         seq_of = (
             select(JobChunk.seq)
-            .where(JobChunk.job_id == job_id, JobChunk.status == QUEUED)
+            .where(JobChunk.job_id == job_id, JobChunk.status == QUEUED, JobChunk.attempts == 0)
             .order_by(JobChunk.seq)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -127,7 +138,7 @@ def claim_chunk(
         )
         which = and_(JobChunk.seq == seq_of, JobChunk.status == QUEUED)
     else:
-        which = and_(JobChunk.seq == seq, runnable)
+        which = and_(JobChunk.seq == seq, runnable, _of_kind(kind))
     row = session.execute(
         update(JobChunk)
         .where(JobChunk.job_id == job_id, which)
@@ -138,6 +149,7 @@ def claim_chunk(
             JobChunk.start_index,
             JobChunk.n_lines,
             JobChunk.lines,
+            JobChunk.results,
         )
     ).first()
     if row is None:
@@ -147,7 +159,34 @@ def claim_chunk(
     ).first()
     if job is None:  # pragma: no cover - the chunk row would be gone with its job
         return None
-    return Claim(job_id, row[0], row[1], row[2], row[3], bytes(row[4]), *job)
+    probe = None if row[5] is None else bytes(row[5])
+    model, version, fmt, columns = job
+    return Claim(
+        job_id, row[0], row[1], row[2], row[3], bytes(row[4]), model, version, fmt, columns, probe
+    )
+
+
+def is_lost(*, session: Session, job_id: str, seq: int) -> bool:
+    """Whether chunk ``seq`` ran before and may be claimed again (a ``kind="lost"`` claim)."""
+    now = utcnow()
+    runnable = or_(
+        JobChunk.status == QUEUED,
+        and_(JobChunk.status == RUNNING, JobChunk.lease_expires_at < now),
+    )
+    found = session.execute(
+        select(JobChunk.seq).where(
+            JobChunk.job_id == job_id, JobChunk.seq == seq, JobChunk.attempts > 0, runnable
+        )
+    ).first()
+    return found is not None
+
+
+def _of_kind(kind: ClaimKind) -> Any:
+    if kind == "fresh":
+        return JobChunk.attempts == 0
+    if kind == "lost":
+        return JobChunk.attempts > 0
+    return true()
 
 
 def extend_lease(
@@ -163,6 +202,23 @@ def extend_lease(
             JobChunk.attempts == attempt,
         )
         .values(lease_expires_at=utcnow() + lease)
+        .returning(JobChunk.seq)
+    )
+    return res.first() is not None
+
+
+def save_probe(*, session: Session, claim: Claim, probe: bytes, lease: timedelta) -> bool:
+    """Store what an isolated run of a chunk we still own found so far, and push its lease
+    out; False when we lost it. Kept in ``results`` until the chunk is done."""
+    res = session.execute(
+        update(JobChunk)
+        .where(
+            JobChunk.job_id == claim.job_id,
+            JobChunk.seq == claim.seq,
+            JobChunk.status == RUNNING,
+            JobChunk.attempts == claim.attempt,
+        )
+        .values(results=probe, lease_expires_at=utcnow() + lease)
         .returning(JobChunk.seq)
     )
     return res.first() is not None
@@ -218,40 +274,58 @@ def cancel_chunks(*, session: Session, job_id: str) -> tuple[int, int]:
     rows = session.execute(
         update(JobChunk)
         .where(JobChunk.job_id == job_id, JobChunk.status == QUEUED)
-        .values(status=ChunkStatus.cancelled.value, completed_at=utcnow())
+        .values(status=ChunkStatus.cancelled.value, completed_at=utcnow(), results=None)
         .returning(JobChunk.n_lines)
     ).all()
     return len(rows), sum(r[0] for r in rows)
 
 
+def _stale_chunk(requeue_before: datetime) -> Any:
+    old = or_(JobChunk.published_at.is_(None), JobChunk.published_at < requeue_before)
+    return and_(JobChunk.status == QUEUED, old)
+
+
 def stale_chunks(
     *, session: Session, now: datetime, requeue_before: datetime, limit: int = 1000
-) -> list[tuple[str, int, str]]:
-    """Chunks whose message was lost: never published, published long ago and still queued, or
-    running under a lease that ran out. The latter go back to ``queued``. Returns
-    (job id, seq, model) of each, marked published ``now``."""
+) -> list[tuple[str, int, str, datetime | None]]:
+    """Chunks whose message may be lost: never published, published long ago and still queued,
+    or running under a lease that ran out. The latter go back to ``queued``, unpublished.
+    Returns (job id, seq, model, published at) of each; ``take_chunks`` marks them."""
     session.execute(
         update(JobChunk)
         .where(JobChunk.status == RUNNING, JobChunk.lease_expires_at < now)
         .values(status=QUEUED, published_at=None, lease_expires_at=None)
     )
     rows = session.execute(
-        select(JobChunk.job_id, JobChunk.seq, Job.model)
+        select(JobChunk.job_id, JobChunk.seq, Job.model, JobChunk.published_at)
         .join(Job, Job.id == JobChunk.job_id)
-        .where(
-            JobChunk.status == QUEUED,
-            or_(JobChunk.published_at.is_(None), JobChunk.published_at < requeue_before),
-        )
+        .where(_stale_chunk(requeue_before))
         .order_by(JobChunk.job_id, JobChunk.seq)
         .limit(limit)
-        .with_for_update(of=JobChunk, skip_locked=True)
     ).all()
-    by_job: dict[str, list[int]] = {}
-    for job_id, seq, _ in rows:
-        by_job.setdefault(job_id, []).append(seq)
-    for job_id, seqs in by_job.items():
-        mark_published(session=session, job_id=job_id, seqs=seqs, when=now)
-    return [(r[0], r[1], r[2]) for r in rows]
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def take_chunks(
+    *,
+    session: Session,
+    keys: Sequence[tuple[str, int]],
+    now: datetime,
+    requeue_before: datetime,
+) -> list[tuple[str, int]]:
+    """Mark chunks ``keys`` (job id, seq) published ``now`` if they are still stale; returns
+    those this call took (a concurrent sweeper that took one first leaves it out here)."""
+    if not keys:
+        return []
+    rows = session.execute(
+        update(JobChunk)
+        .where(tuple_(JobChunk.job_id, JobChunk.seq).in_(list(keys)))
+        .where(_stale_chunk(requeue_before))
+        .values(published_at=now)
+        .returning(JobChunk.job_id, JobChunk.seq)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [(r[0], r[1]) for r in rows]
 
 
 def abandoned_uploads(*, session: Session, before: datetime) -> list[str]:

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics, poison
 from app.batching import BatchItem, DynamicBatcher, Outcome
 from app.db import predictions as crud
 from app.db.base import utcnow
@@ -40,8 +41,22 @@ def store_results(
     """Write final states in one transaction with their outbox rows (webhooks, integrations) and
     the NOTIFY that wakes long-polls; then hand what was written to the after-commit hooks.
     Every way a prediction ends in a worker goes through here."""
+    return store_final(
+        sessions, lambda s: crud.write_results(session=s, results=rows), write_hooks, after_commit
+    )
+
+
+def store_final(
+    sessions: sessionmaker[Session],
+    write: Callable[[Session], list[crud.Written]],
+    write_hooks: Sequence[WriteHook],
+    after_commit: Sequence[AfterCommit],
+) -> list[crud.Written]:
+    """Run ``write`` (a statement that makes predictions final and returns them) with the write
+    hooks and NOTIFY in its transaction, then the after-commit hooks (the sweeper ends
+    ``worker_lost`` ones through here too)."""
     with session_scope(sessions) as s:
-        written = crud.write_results(session=s, results=rows)
+        written = write(s)
         for hook in write_hooks:
             hook(s, written)
         crud.notify_done(session=s, ids=[w.id for w in written])
@@ -80,6 +95,7 @@ class ModelExecutor:
         self.settings = settings
         self.write_hooks = list(write_hooks)
         self.after_commit = list(after_commit)
+        self.metrics = metrics.ModelMetrics(adapter.entry.manifest.name)
         b = adapter.entry.manifest.batching
         self.batcher = DynamicBatcher(
             adapter.run,
@@ -91,6 +107,7 @@ class ModelExecutor:
             writer=ThreadPoolExecutor(
                 settings.writer_threads, thread_name_prefix=f"writer-{adapter.entry.manifest.name}"
             ),
+            observer=self.metrics,
         )
 
     def start(self, runners: int) -> None:
@@ -113,6 +130,7 @@ class ModelExecutor:
             for item, o in zip(items, outcomes, strict=True)
         ]
         store_results(self.sessions, rows, self.write_hooks, self.after_commit)
+        self.metrics.ended((o.status, o.error_code) for o in outcomes)
 
     def run_rows(self, rows: Sequence[crud.Claimed], *, timeout: float = 600.0) -> MessageReport:
         """Run ``rows`` (claimed by this worker) through the batcher; return once all are stored.
@@ -140,8 +158,10 @@ class ModelExecutor:
                 deadline=deadline,
             )
             waited = 0.0
-            if self.settings.count_queue_wait and row.created_at is not None:
-                waited = (now - row.created_at).total_seconds()
+            if row.created_at is not None:
+                item.accepted_at = clock_now - (now - row.created_at).total_seconds()
+                if self.settings.count_queue_wait:
+                    waited = (now - row.created_at).total_seconds()
             futures.append(self.batcher.submit(item, waited=waited))
         done, not_done = wait(futures, timeout=timeout)
         if not_done:
@@ -153,8 +173,25 @@ class ModelExecutor:
         skipped = statuses.get("skipped", 0)
         return MessageReport(len(rows), len(futures) - skipped, skipped, statuses)
 
+    def run_alone(self, row: crud.Claimed, *, timeout: float = 600.0) -> MessageReport:
+        """Run one claimed row in a batch of its own, on this thread (a row whose worker was
+        lost: see ``app.poison``); returns once it is stored."""
+        prepared = self._prepare([row.input], [row.id])
+        if row.id not in prepared:
+            return MessageReport(1, 0, 0, {"failed": 1})
+        payload = prepared[row.id]
+        item = BatchItem(row.id, payload, self.adapter.length(payload), row.priority)
+        if row.deadline_at is not None and row.deadline_at <= utcnow():
+            message = "deadline passed before it ran"
+            self._store([item], [Outcome("expired", error_code="expired", error_message=message)])
+            return MessageReport(1, 0, 0, {"expired": 1})
+        self.batcher.process([item])
+        outcome = item.future.result(timeout)  # re-raises a store failure
+        return MessageReport(1, 1, 0, {outcome.status: 1})
+
     def _prepare(self, inputs: list[dict], ids: list[str]) -> dict[str, object]:  # type: ignore[type-arg]
         """Tokenise / tensorise in one call; an input that breaks it fails alone."""
+        poison.crash_if_marked(inputs)  # test only, see ``app.poison``
         try:
             return dict(zip(ids, self.adapter.prepare(inputs), strict=True))
         except Exception:
@@ -173,6 +210,7 @@ class ModelExecutor:
                         )
                     )
             store_results(self.sessions, failed, self.write_hooks, self.after_commit)
+            self.metrics.ended((r.status, r.error_code) for r in failed)
             return out
 
 
@@ -215,12 +253,14 @@ class ExecutorPool:
                     after_commit=self.after_commit,
                 )
                 ex.start(self.settings.effective_runner_threads)
+                metrics.runtime(name, key[1], getattr(adapter, "session", None))
                 self._executors[key] = ex
             return ex
 
     def run(self, model: str, ids: Sequence[str]) -> list[MessageReport]:
         """Claim a message's runnable ids and run them, grouped by the version each was
-        accepted for. Ids already finished, cancelled or held by another worker are skipped."""
+        accepted for. Ids already finished, cancelled or held by another worker are skipped;
+        those whose worker was lost run alone, one at a time (``run_lost``)."""
         lease = timedelta(seconds=self.settings.lease_seconds)
         with one_statement(self.sessions) as conn:  # one UPDATE: its own transaction
             rows = crud.claim(session=conn, ids=ids, lease=lease)
@@ -228,12 +268,43 @@ class ExecutorPool:
         for r in rows:
             if r.model == model:
                 by_version.setdefault(r.model_version, []).append(r)
-        return [self.get(model, v).run_rows(vrows) for v, vrows in by_version.items()]
+        reports = [self.get(model, v).run_rows(vrows) for v, vrows in by_version.items()]
+        if len(rows) < len(ids):
+            claimed = {r.id for r in rows}
+            reports += self.run_lost(model, [i for i in ids if i not in claimed])
+        return reports
 
-    def fail(self, ids: Sequence[str], *, code: str, message: str) -> list[crud.Written]:
-        """End ``ids`` as failed (the model cannot run here), webhooks and NOTIFY included."""
+    def run_lost(self, model: str, ids: Sequence[str]) -> list[MessageReport]:
+        """Run those of ``ids`` whose worker was lost, each claimed and run alone while this
+        process runs no other such row (``app.poison.ISOLATION``): if the worker dies again,
+        the row it was running is the one to blame, and nothing else is charged a loss."""
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        most = self.settings.max_attempts
+        with one_statement(self.sessions) as conn:
+            lost = crud.lost_ids(session=conn, ids=ids, max_attempts=most)
+        reports = []
+        for pid in lost:
+            with poison.ISOLATION:
+                with one_statement(self.sessions) as conn:
+                    row = crud.claim_lost(
+                        session=conn, prediction_id=pid, lease=lease, max_attempts=most
+                    )
+                if row is not None and row.model == model:
+                    reports.append(self.get(model, row.model_version).run_alone(row))
+        if lost:
+            log.info("ran rows of a lost worker alone", extra={"model": model, "count": len(lost)})
+        return reports
+
+    def fail(
+        self, ids: Sequence[str], *, code: str, message: str, model: str | None = None
+    ) -> list[crud.Written]:
+        """End ``ids`` (of ``model``) as failed (the model cannot run here), webhooks and NOTIFY
+        included."""
         rows = [crud.ResultRow(i, "failed", error_code=code, error_message=message) for i in ids]
-        return store_results(self.sessions, rows, self.write_hooks, self.after_commit)
+        written = store_results(self.sessions, rows, self.write_hooks, self.after_commit)
+        if model is not None:
+            metrics.ended(model, "failed", code, len(written))
+        return written
 
     def stop(self) -> None:
         for ex in self._executors.values():

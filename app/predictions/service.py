@@ -17,10 +17,11 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics, retention
 from app.db import predictions as crud
 from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
-from app.db.models import PRIORITIES, Prediction
+from app.db.models import PRIORITIES, Prediction, Status
 from app.delivery import egress
 from app.errors import Conflict, InvalidInput
 from app.predictions.admission import Admission, OverLimit
@@ -51,6 +52,8 @@ class Submission:
     metadata: dict[str, Any] | None = None
     idempotency_key: str | None = None
     model_version: str | None = None
+    ttl_s: float | None = None
+    """How long to keep the predictions (capped by ``max_ttl``); None: the tenant's retention."""
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def request_hash(self) -> str:
@@ -64,6 +67,8 @@ class Submission:
             self.deadline_s,
             self.metadata,
         ]
+        if self.ttl_s is not None:  # only then: the hashes of earlier requests stay the same
+            body.append(self.ttl_s)
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -94,6 +99,7 @@ def prepare(
         for i, value in enumerate(sub.inputs)
     ]
     deadline = None if sub.deadline_s is None else now + timedelta(seconds=sub.deadline_s)
+    expiry = retention.expires_at(settings, retention.Kind.predictions, sub.tenant, now, sub.ttl_s)
     req_hash = sub.request_hash() if sub.idempotency_key else None
     sub.rows = [
         {
@@ -112,6 +118,7 @@ def prepare(
             "created_at": now,
             "published_at": now,
             "attempts": 0,
+            "expires_at": expiry,
         }
         for i, value in enumerate(normalised)
     ]
@@ -215,15 +222,18 @@ def publish_rows(
                     log.exception("could not mark unpublished rows")
 
 
-def cancel(*, sessions: sessionmaker[Session], tenant: str, prediction_id: str) -> Prediction:
-    """Cancel a prediction that has not started; ``NotFound`` / ``Conflict`` otherwise."""
-    from app.errors import NotFound
-
+def cancel(
+    *, sessions: sessionmaker[Session], settings: Settings, tenant: str, prediction_id: str
+) -> Prediction:
+    """Cancel a prediction that has not started; ``NotFound`` (an expired one too) /
+    ``Conflict`` otherwise."""
     with session_scope(sessions) as s:
         if not crud.cancel_prediction(session=s, tenant=tenant, prediction_id=prediction_id):
             p = crud.get_prediction(session=s, tenant=tenant, prediction_id=prediction_id)
-            if p is None:
-                raise NotFound(f"prediction {prediction_id} not found")
+            if p is None or retention.is_expired(Status(p.status).is_final, p.expires_at, utcnow()):
+                raise retention.not_found(
+                    settings, retention.Kind.predictions, prediction_id, tenant
+                )
             raise Conflict(
                 f"prediction {prediction_id} is {p.status}; only queued ones can be cancelled",
                 code="not_cancellable",
@@ -231,7 +241,8 @@ def cancel(*, sessions: sessionmaker[Session], tenant: str, prediction_id: str) 
         p = crud.get_prediction(session=s, tenant=tenant, prediction_id=prediction_id)
         assert p is not None
         crud.notify_done(session=s, ids=[p.id])
-        return p
+    metrics.ended(p.model, "cancelled")
+    return p
 
 
 def now() -> datetime:

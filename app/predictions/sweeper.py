@@ -1,49 +1,151 @@
-"""The sweeper (run by beat): finds work whose message was lost and publishes it again."""
+"""The sweeper (run by beat): ends poison inputs and publishes again work whose message was lost.
+
+Two decisions nobody else can take, since a dead worker runs nothing more:
+
+- a prediction whose worker was lost ``INFERQ_MAX_ATTEMPTS`` times (running under a lease that
+  ran out, claimed that often) ends ``failed`` with ``worker_lost``, its webhook and
+  integration outbox rows and the NOTIFY for long-polls in the same transaction (``app.poison``
+  says why only the poison gets there: rows of a lost worker run alone afterwards);
+- what may have lost its message is published again, by the rule of ``app.requeue``: rows
+  never published or whose worker was lost always, queued rows only when their model's queue
+  cannot be holding their message any more, so a long backlog is never copied.
+
+Running twice, or in two processes at once, is harmless: every write is conditional.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.db import predictions as crud
+from app.db import sweeps
 from app.db.base import utcnow
 from app.db.engine import session_scope
+from app.predictions.executor import AfterCommit, WriteHook, store_final
 from app.predictions.service import Publisher
+from app.requeue import QueueView
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+MESSAGE_IDS = 256
+"""Ids per message the sweeper publishes."""
 
 
 @dataclass(slots=True)
 class SweepReport:
     republished: int
+    held_back: int = 0
+    """Stale rows not published again: their model's queue still holds their backlog."""
+    failed: int = 0
+    """Predictions ended ``worker_lost``."""
 
 
 def sweep_predictions(
-    *, sessions: sessionmaker[Session], publisher: Publisher, settings: Settings
+    *,
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    settings: Settings,
+    write_hooks: Sequence[WriteHook] = (),
+    after_commit: Sequence[AfterCommit] = (),
 ) -> SweepReport:
-    """Publish again: queued ones never published or published too long ago, and running
-    ones whose lease ran out (their worker died). Running twice is harmless: claims and
-    result writes are conditional on the row's state."""
+    """End poison inputs, then publish again what may have lost its message (see the module).
+    ``write_hooks`` and ``after_commit`` are the workers' (webhooks, integrations)."""
+    failed = fail_poison(
+        sessions=sessions, settings=settings, write_hooks=write_hooks, after_commit=after_commit
+    )
     now = utcnow()
-    requeue_before = now - timedelta(seconds=settings.requeue_after_seconds)
+    requeue_after = timedelta(seconds=settings.requeue_after_seconds)
     with session_scope(sessions) as s:
-        stale = crud.stale(session=s, now=now, requeue_before=requeue_before)
-        crud.mark_published(session=s, ids=[i for i, _, _ in stale], when=now)
+        stale = sweeps.stale(session=s, now=now, requeue_before=now - requeue_after)
+    chosen = _choose(sessions, publisher, stale, now=now, requeue_after=requeue_after)
+    with session_scope(sessions) as s:
+        taken = sweeps.take_for_publish(
+            session=s, ids=chosen, now=now, requeue_before=now - requeue_after
+        )
+    _publish(sessions, publisher, taken)
+    metrics.swept(stale, taken)
+    report = SweepReport(len(taken), len(stale) - len(chosen), failed)
+    if taken or failed:
+        log.info(
+            "sweeper",
+            extra={"republished": len(taken), "held_back": report.held_back, "failed": failed},
+        )
+    return report
+
+
+def fail_poison(
+    *,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    write_hooks: Sequence[WriteHook] = (),
+    after_commit: Sequence[AfterCommit] = (),
+) -> int:
+    """End ``worker_lost`` the predictions whose worker was lost ``max_attempts`` times;
+    returns how many."""
+
+    def write(s: Session) -> list[crud.Written]:
+        return sweeps.fail_lost(session=s, now=utcnow(), max_attempts=settings.max_attempts)
+
+    written = store_final(sessions, write, write_hooks, after_commit)
+    if written:
+        log.warning(
+            "poison inputs failed: their worker was lost too often",
+            extra={"count": len(written), "ids": [w.id for w in written[:20]]},
+        )
+    return len(written)
+
+
+def _choose(
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    stale: list[sweeps.StaleRow],
+    *,
+    now: datetime,
+    requeue_after: timedelta,
+) -> list[str]:
+    """The ids of ``stale`` whose message may be lost (``app.requeue``)."""
+    views: dict[str, QueueView] = {}
+    chosen = []
+    for row in stale:
+        if not row.due:
+            view = views.get(row.model)
+            if view is None:
+                view = views[row.model] = _view(sessions, publisher, row.model, now)
+            if not view.may_be_lost(row.published_at, requeue_after):
+                continue
+        chosen.append(row.id)
+    return chosen
+
+
+def _view(
+    sessions: sessionmaker[Session], publisher: object, model: str, now: datetime
+) -> QueueView:
+    def front() -> datetime | None:
+        with sessions() as s:
+            return sweeps.newest_held(session=s, model=model, now=now)
+
+    return QueueView.read(publisher, model, front)
+
+
+def _publish(
+    sessions: sessionmaker[Session], publisher: Publisher, taken: list[tuple[str, str, int]]
+) -> None:
     groups: dict[tuple[str, int], list[str]] = {}
-    for pid, model, priority in stale:
+    for pid, model, priority in taken:
         groups.setdefault((model, priority), []).append(pid)
     for (model, priority), ids in groups.items():
-        for start in range(0, len(ids), 256):
+        for start in range(0, len(ids), MESSAGE_IDS):
+            part = ids[start : start + MESSAGE_IDS]
             try:
-                publisher.publish(model, ids[start : start + 256], priority)
+                publisher.publish(model, part, priority)
             except Exception as exc:
                 log.warning("sweeper publish failed", extra={"error": repr(exc)})
                 with session_scope(sessions) as s:
-                    crud.mark_published(session=s, ids=ids[start : start + 256], when=None)
-    if stale:
-        log.info("sweeper republished", extra={"count": len(stale)})
-    return SweepReport(republished=len(stale))
+                    crud.mark_published(session=s, ids=part, when=None)

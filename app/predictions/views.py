@@ -36,6 +36,7 @@ def prediction_public(p: Prediction | Any) -> dict[str, Any]:
         "metadata": p.metadata_,
         "job_id": p.job_id,
         "custom_id": p.custom_id,
+        "expires_at": iso(p.expires_at),
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import predictions as crud
+from app.db import sweeps
 from app.db.base import utcnow
 from app.db.engine import make_engine, make_sessionmaker, migrate
 from app.db.models import Prediction
@@ -55,16 +56,19 @@ def test_claims_are_exclusive_until_the_lease_runs_out(store: sessionmaker[Sessi
         assert {p.id for p in crud.claim(session=s, ids=ids, lease=timedelta(seconds=60))} == set(
             ids[2:]
         )
-    with store.begin() as s:  # a lease that ran out may be taken over
+    with store.begin() as s:  # a lease that ran out may be taken over, alone
         s.execute(
             Prediction.__table__.update()
             .where(Prediction.id == ids[0])
             .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
+    lease = timedelta(seconds=60)
     with store.begin() as s:
-        assert [p.id for p in crud.claim(session=s, ids=ids, lease=timedelta(seconds=60))] == [
-            ids[0]
-        ]
+        assert crud.claim(session=s, ids=ids, lease=lease) == []
+        assert crud.lost_ids(session=s, ids=ids, max_attempts=3) == [ids[0]]
+        taken = crud.claim_lost(session=s, prediction_id=ids[0], lease=lease, max_attempts=3)
+        assert taken is not None and taken.id == ids[0]
+        assert crud.claim_lost(session=s, prediction_id=ids[0], lease=lease, max_attempts=3) is None
 
 
 def test_cancelled_rows_are_never_claimed_or_overwritten(
@@ -86,12 +90,21 @@ def test_sweeper_finds_unpublished_stale_and_orphaned(store: sessionmaker[Sessio
     fresh = add(store, 1)
     unpublished = add(store, 1, published_at=None)
     old = add(store, 1, published_at=now - timedelta(minutes=10))
-    orphan = add(store, 1, status="running", lease_expires_at=now - timedelta(seconds=1))
+    ran_out = now - timedelta(seconds=1)
+    orphan = add(
+        store,
+        1,
+        status="running",
+        lease_expires_at=ran_out,
+        published_at=now - timedelta(seconds=9),
+    )
+    # published again since its lease ran out: as a queued one, stale after requeue_after
+    again = add(store, 1, status="running", lease_expires_at=ran_out, published_at=now)
     held = add(store, 1, status="running", lease_expires_at=now + timedelta(minutes=1))
     with store() as s:
         found = {
-            i
-            for i, _, _ in crud.stale(session=s, now=now, requeue_before=now - timedelta(minutes=2))
+            r.id
+            for r in sweeps.stale(session=s, now=now, requeue_before=now - timedelta(minutes=2))
         }
     assert found == {*unpublished, *old, *orphan}
-    assert not found & {*fresh, *held}
+    assert not found & {*fresh, *held, *again}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import select
@@ -144,7 +145,7 @@ def test_webhook_retried_with_backoff_and_every_attempt_recorded(
     assert attempts[0].error == "answered 500: {}"
     assert [a.outcome for a in attempts] == ["retry", "retry", "delivered"]
     # full jitter: each wait is within [0, base * 2**(n-1)] (plus the time an attempt takes)
-    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(attempts, attempts[1:])]
+    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in pairwise(attempts)]
     assert all(0 <= g < 0.2 * 2**i + 1.0 for i, g in enumerate(gaps)), gaps
 
 
