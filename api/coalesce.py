@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -46,7 +47,8 @@ class Coalescer(Generic[T, R]):
         self._pending.append((item, fut))
         if self._runner is None or self._runner.done():
             self._kick = asyncio.Event()
-            self._runner = loop.create_task(self._run())
+            # in a context of its own: not in the first caller's (its trace id, say) for good
+            self._runner = loop.create_task(self._run(), context=contextvars.Context())
         assert self._kick is not None
         self._kick.set()
         return await fut

@@ -8,12 +8,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.responses import JSON
 from app import errors
 from app.predictions.admission import OverLimit
 
 log = logging.getLogger(__name__)
+
+DB_RETRY_AFTER_S = 2
+"""``Retry-After`` of a 503 while the database is away (a restart takes seconds)."""
 
 STATUS: list[tuple[type[errors.InferqError], int]] = [
     (errors.PayloadTooLarge, 413),
@@ -30,6 +34,20 @@ STATUS: list[tuple[type[errors.InferqError], int]] = [
 
 def error_body(code: str, message: str, status: int, **extra: object) -> JSON:
     return JSON({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path takes (RFC 9110 ``Allow``). Starlette's 405 names only
+    the methods of the first route whose path matched, not those of the others on the path."""
+    routes = request.app.router.routes
+    return ", ".join(
+        m
+        for m in ALLOWABLE
+        if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)
+    )
+
+
+ALLOWABLE = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 def status_for(exc: errors.InferqError) -> int:
@@ -64,12 +82,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSON:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_body(code, str(exc.detail), exc.status_code)
+        resp = error_body(code, str(exc.detail), exc.status_code)
+        resp.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            resp.headers["Allow"] = allowed_methods(request)
+        return resp
 
     @app.exception_handler(OperationalError)
     async def _db_down(request: Request, exc: OperationalError) -> JSON:
         log.error("database unavailable", extra={"error": str(exc)[:300]})
-        return error_body("dependency_down", "the database is unavailable; try again", 503)
+        resp = error_body("dependency_down", "the database is unavailable; try again", 503)
+        resp.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
+        return resp
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSON:

@@ -16,10 +16,12 @@ from api.deps import Runtime
 from api.metrics import HTTP_LATENCY
 from api.responses import JSON
 from api.routes import health, models, predictions
-from app import __version__
+from api.tracing import Tracing
+from app import __version__, clock, tracing
 from app.db.engine import make_engine, make_sessionmaker
 from app.logs import configure_logging
 from app.notify import CompletionHub
+from app.openai_compat import wire
 from app.predictions import service
 from app.predictions.admission import Admission
 from app.queue_stats import QUEUES
@@ -39,6 +41,8 @@ def extra_routers() -> list[Any]:
 
 STREAMED_PATHS: set[str] = set()
 """Paths whose routes stream their body and enforce their own limit (job uploads)."""
+OPENAI_PATHS = ("/v1/embeddings", "/v1/batches", "/v1/files")
+"""Paths of the OpenAI-compatible routes, which answer errors in OpenAI's shape."""
 
 
 class BodyLimit:
@@ -55,7 +59,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._too_large(send)
+            await self._too_large(scope, send)
             return
         seen = 0
 
@@ -71,12 +75,14 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._too_large(send)
+            await self._too_large(scope, send)
 
-    async def _too_large(self, send: Send) -> None:
-        resp = errors.error_body(
-            "payload_too_large", f"the request body is over the limit of {self.limit} bytes", 413
-        )
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        message = f"the request body is over the limit of {self.limit} bytes"
+        if scope["path"].startswith(OPENAI_PATHS):
+            resp = JSON(wire.error_body(message, "invalid_request_error", None), status_code=413)
+        else:
+            resp = errors.error_body("payload_too_large", message, 413)
         await send(
             {
                 "type": "http.response.start",
@@ -129,7 +135,9 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, json=settings.log_json)
+        tracing.configure(settings.otel_exporter, service="inferq-api")
         engine = make_engine(settings, pool_size=20)
+        clock.keep_synced(engine)  # stamp on the database's clock, whatever this host's says
         pub = publisher
         if pub is None:
             from workers.celery_app import create_celery
@@ -162,6 +170,7 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
             await rt.submitter.close()
             await rt.loader.close()
             engine.dispose()
+            tracing.shutdown()
 
     app = FastAPI(
         title="inferq",
@@ -171,7 +180,7 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
         default_response_class=JSON,
     )
     errors.install(app)
-    openapi.install(app)
+    openapi.install(app, auth=bool(settings.api_keys))
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predictions.router)
@@ -179,6 +188,7 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
         app.include_router(router)
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(Tracing)  # outermost: a 413 is in the caller's trace too
     return app
 
 

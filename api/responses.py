@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 
-class JSON(Response):
+class JSON(JSONResponse):
+    # a JSONResponse (not a bare Response) so that FastAPI documents a route's response model
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:

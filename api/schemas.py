@@ -10,7 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class PredictionCreate(BaseModel):
     """Body of ``POST /v1/predictions``: ``input`` for one, ``inputs`` for several."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {"model": "minilm-embed", "input": {"text": "my invoice is wrong"}},
+                {"model": "churn-risk", "inputs": [{"features": [0.5] * 12}], "priority": "low"},
+            ]
+        },
+    )
 
     model: str = Field(min_length=1, max_length=100)
     model_version: str | None = Field(None, max_length=50)

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, ``extra={...}`` fields included."""
+"""Structured logs: one JSON object per line, ``extra={...}`` fields included, and the
+``trace_id`` / ``span_id`` of the trace context current where the line was logged."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from app.tracing import current
 
 _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -20,6 +23,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        trace = current()  # the request this line is about (``app.tracing``)
+        if trace is not None:
+            doc["trace_id"] = trace.trace_id
+            doc["span_id"] = trace.span_id
         for key, value in vars(record).items():
             if key not in _STD and not key.startswith("_"):
                 doc[key] = value

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,6 +37,13 @@ once (``os._exit(1)``), as a worker meeting a poison input does. Unset (always, 
 fault tests) it is never looked at past the environment lookup."""
 
 
+SLOW_WRITE_ENV = "INFERQ_TEST_SLOW_WRITE_SECONDS"
+"""Test only: when set, a worker waits this long before it writes a batch's results, holding
+the batch's claims meanwhile, so a fault test can catch it holding claimed work. Read once."""
+
+_SLOW_WRITE_S = float(os.environ.get(SLOW_WRITE_ENV) or 0.0)
+
+
 LOST_MESSAGE = (
     "the worker running it was lost {times} times; the input is taken to crash the worker"
     " and is not run again"
@@ -46,6 +54,12 @@ LOST_MESSAGE = (
 def lost_message(times: int) -> str:
     """The ``worker_lost`` error message of an input whose worker was lost ``times`` times."""
     return LOST_MESSAGE.format(times=times)
+
+
+def hold_before_write() -> None:
+    """Test only: wait ``INFERQ_TEST_SLOW_WRITE_SECONDS`` (never, when unset)."""
+    if _SLOW_WRITE_S:
+        time.sleep(_SLOW_WRITE_S)
 
 
 def crash_if_marked(inputs: Iterable[Any]) -> None:

@@ -8,12 +8,22 @@ Layout::
 
 The newest version (by ``created_at``) of a name is the one served unless a request pins one.
 A model whose ONNX file does not hash to the recorded sha256 is refused.
+
+Across hosts: each host has its own ``models_dir``; a shared folder (``INFERQ_MODELS_SOURCE``:
+an NFS or object-store mount, or where ``inferq models build`` wrote) is where new versions
+come from. ``pull`` copies the versions a host lacks from it, each checked against its sha256
+before it appears (written aside, then renamed into place), and ``find`` (what workers use)
+reloads and pulls once before it says a version is unknown: a version built while the system
+runs reaches every worker at its first request, without a restart.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,13 +119,14 @@ class Registry:
         self.models_dir = Path(models_dir)
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, ModelEntry]] = {}
+        self._looked: dict[str, float] = {}
         self.reload()
 
     def reload(self) -> None:
         """Scan ``models_dir`` again."""
         entries: dict[str, dict[str, ModelEntry]] = {}
         if self.models_dir.is_dir():
-            for path in sorted(self.models_dir.glob("*/*/manifest.json")):
+            for path in sorted(self.models_dir.glob("*/[!.]*/manifest.json")):
                 manifest = Manifest.model_validate_json(path.read_text())
                 entries.setdefault(manifest.name, {})[manifest.version] = ModelEntry(
                     manifest, path.parent
@@ -135,6 +146,56 @@ class Registry:
         with self._lock:
             versions = self._entries.get(name, {})
             return sorted(versions.values(), key=lambda e: e.manifest.created_at)
+
+    def pull(self, source: Path, name: str | None = None) -> list[ModelEntry]:
+        """Copy from ``source`` (a registry folder) every version this registry lacks (of
+        ``name``, or of every model), each verified against its manifest's sha256 before it
+        is renamed into place; returns what was copied. A version that fails its check is left
+        out (and said so by ``ModelNotReady``), never half there."""
+        src = Registry(source)
+        copied: list[ModelEntry] = []
+        for model in [name] if name else src.names():
+            have = {e.manifest.version for e in self.versions(model)}
+            for entry in src.versions(model):
+                m = entry.manifest
+                if m.version in have:
+                    continue
+                entry.verify()  # the source's own file first: a bad one is not copied at all
+                target = self.models_dir / m.name / m.version
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{m.version}.", dir=target.parent))
+                try:
+                    shutil.copytree(entry.folder, tmp, dirs_exist_ok=True)
+                    ModelEntry(m, tmp).verify()  # what arrived here
+                    tmp.rename(target)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+                copied.append(ModelEntry(m, target))
+        if copied:
+            self.reload()
+        return copied
+
+    def find(
+        self, name: str, version: str | None = None, *, source: Path | None = None
+    ) -> ModelEntry:
+        """``get``, but a name or version this host does not know yet is looked for again first:
+        the folder is read again and, with a ``source``, what it lacks is pulled from there (at
+        most once a second per model, so unknown names cost no disk scans)."""
+        try:
+            return self.get(name, version)
+        except UnknownModel:
+            now = time.monotonic()
+            with self._lock:
+                recent = now - self._looked.get(name, -1.0) < 1.0
+                if not recent:
+                    self._looked[name] = now
+            if recent:
+                raise
+            self.reload()
+            if source is not None and Path(source).is_dir():
+                self.pull(Path(source), name)
+            return self.get(name, version)
 
     def get(self, name: str, version: str | None = None) -> ModelEntry:
         """The entry for ``name`` (``version`` or the newest); ``UnknownModel`` if absent."""

@@ -71,3 +71,82 @@ class QueueView:
         if published_at is None or not self.depth:
             return True
         return self.front is not None and published_at < self.front - requeue_after
+
+
+@runtime_checkable
+class BrokerEpoch(Protocol):
+    """A marker kept in the broker the way its messages are kept (a persistent message on a
+    durable queue nobody consumes): it is gone exactly when the broker lost its messages."""
+
+    def epoch_present(self) -> bool | None:
+        """Whether the marker is there; None when the broker does not answer."""
+        ...
+
+    def put_epoch(self) -> None:
+        """Leave the marker (again)."""
+        ...
+
+
+class BrokerWatch:
+    """Finds out, within one check, that the broker lost its messages, and has what it lost
+    published again at once instead of after ``requeue_after_seconds``.
+
+    Why a marker and not the reconnect itself: a reconnect says the connection broke, not what
+    the broker kept. A Redis that keeps nothing on disk restarts empty (every message gone,
+    those workers held unacknowledged included), a RabbitMQ node keeps its durable queues and
+    persistent messages, a network blip loses nothing. The marker is kept exactly like the
+    messages, so its absence means what was published before is gone, and its presence that
+    publishing it again would only copy a backlog.
+
+    ``recover(lost_before)`` publishes again what was published before ``lost_before`` and is
+    not held by a live worker (the sweeper's ``lost_before``); its conditional marks make
+    several watchers (one per worker process) publish each row once. The marker is put back
+    before the recovery runs, so the others see it at their next check; a recovery that fails
+    (Postgres away) is tried again at the next check. Postgres remembers that a broker (a queue
+    prefix) was given its marker (``known``, ``remember``): a broker without one that never had
+    one is new, not one that lost its messages, and nothing is published again.
+    """
+
+    def __init__(
+        self,
+        marker: BrokerEpoch,
+        recover: Callable[[datetime], int],
+        *,
+        known: Callable[[], bool],
+        remember: Callable[[], None],
+    ) -> None:
+        self.marker = marker
+        self.recover = recover
+        self.known = known
+        self.remember = remember
+        self.pending: datetime | None = None
+        self.losses = 0
+
+    def check(self, now: Callable[[], datetime]) -> int | None:
+        """One look at the marker; returns how many were published again (None: the broker
+        did not answer)."""
+        present = self.marker.epoch_present()
+        if present is None:
+            return None
+        if not present:
+            if self.known():  # it had the marker: it lost it, and every message with it
+                self.losses += 1
+                if self.pending is None:
+                    self.pending = now()
+                log.warning(
+                    "the broker lost its messages: publishing again what it held",
+                    extra={"lost_before": self.pending.isoformat()},
+                )
+            else:
+                log.info("a new broker: its epoch marker is put")
+            self.marker.put_epoch()
+            self.remember()
+        if self.pending is None:
+            return 0
+        count = self.recover(self.pending)
+        log.info(
+            "republished after a broker loss",
+            extra={"count": count, "lost_before": self.pending.isoformat()},
+        )
+        self.pending = None
+        return count

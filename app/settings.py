@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     models_dir: Path = VAR_DIR / "models"
     """Where ``inferq models build`` writes models and where workers load them from."""
 
+    models_source: Path | None = None
+    """A shared folder of models (the same layout as ``models_dir``: an NFS or object-store
+    mount, or where ``inferq models build`` wrote). A worker asked for a version it lacks copies
+    it from here (sha256-checked) without a restart; ``inferq models pull`` does it by hand."""
+
+    model_wait_seconds: float = Field(300.0, ge=0)
+    """How long a request pinned to a model version no worker has yet may wait for one that has
+    it (a worker without it puts the request back) before it fails ``unknown_model``."""
+
     api_keys: dict[str, str] = Field(default_factory=dict)
     """JSON object ``{"<api key>": "<tenant>"}``. Empty: auth off, everything is tenant ``default``."""
 
@@ -119,6 +128,17 @@ class Settings(BaseSettings):
 
     requeue_after_seconds: float = 120.0
     """A request still queued this long after its publish is published again by the sweeper."""
+
+    db_session_timeout_seconds: float = Field(10.0, ge=1)
+    """How long a Postgres session may sit idle inside a transaction, or go unanswered on the
+    network, before it is ended on both sides (``app.db.engine.session_bounds``): its locks are
+    freed for the sweeper well within a lease. Keep it under ``lease_seconds``."""
+
+    broker_watch_seconds: float = Field(1.0, ge=0)
+    """How often each worker process checks that the broker still holds its messages (a marker
+    message on ``<prefix>.broker-epoch``; also at once when its consumer reconnects). When the
+    marker is gone (a broker restarted without keeping its messages) everything queued is
+    published again at once, not after ``requeue_after_seconds``. 0: off."""
 
     sweep_interval_seconds: float = 10.0
     """How often beat runs the sweeper."""
@@ -205,6 +225,11 @@ class Settings(BaseSettings):
 
     log_json: bool = True
     """JSON log lines (set false for human-readable console logs)."""
+
+    otel_exporter: str = ""
+    """Where OpenTelemetry spans go: ``console``, ``otlp`` (``OTEL_EXPORTER_OTLP_*`` say where)
+    or ``none``; empty: ``OTEL_TRACES_EXPORTER``, else none. Needs ``inferq[otel]``; without it
+    the trace ids still flow through logs, messages, rows and webhooks (``app.tracing``)."""
 
     worker_metrics_port: int = Field(0, ge=0, le=65535)
     """First port of a worker process's Prometheus endpoint (``/metrics`` on every address):

@@ -124,11 +124,13 @@ class Stack:
             f"{self.prefix}.default",
         ]
 
-    def start_worker(self, name: str = "worker", concurrency: int = 16) -> Proc:
+    def start_worker(
+        self, name: str = "worker", concurrency: int = 16, queues: list[str] | None = None
+    ) -> Proc:
         p = start_worker(
             self.env,
             self.tmp / f"{name}-{len(self.procs)}.log",
-            queues=self.queues(),
+            queues=queues or self.queues(),
             concurrency=concurrency,
             name=name,
         )

@@ -74,8 +74,24 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         task_default_queue=f"{settings.queue_prefix}.default",
-        task_publish_retry=False,
+        # one retry, at once, on a new connection: a pooled connection the broker closed (it
+        # restarted) is otherwise reused, and fails, for every publish after it is back (beat's
+        # sweeps included); a broker that is down still fails the publish in milliseconds
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
         worker_prefetch_multiplier=4,
+        # reconnect within a second of the broker's return, not after Celery's 2, 4, 6 … 30 s
+        worker_consumer="workers.broker_watch:FastReconnectConsumer",
+        # Celery 5.5+ lowers the prefetch after a reconnect to the tasks still running and
+        # raises it as they finish; tasks that finished on the lost connection never count, and
+        # the consumer was seen to stop taking messages (tests/e2e/test_broker_restart.py, one
+        # RabbitMQ restart in three). A message taken twice costs a claim that finds nothing.
+        worker_enable_prefetch_count_reduction=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,

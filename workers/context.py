@@ -6,11 +6,14 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import clock, tracing
 from app.db.engine import make_engine, make_sessionmaker
 from app.delivery import webhook
 from app.delivery.dispatcher import Dispatcher
@@ -29,7 +32,24 @@ EXTRA_WRITE_HOOKS: list[WriteHook] = []
 EXTRA_AFTER_COMMIT: list[AfterCommit] = []
 """Called after that transaction commits."""
 EXTRA_SWEEPS: list[Callable[[WorkerContext], object]] = []
+EXTRA_RECOVERIES: list[Callable[[WorkerContext, datetime], int]] = []
+"""Called when the broker lost its messages (``workers.broker_watch``): publish again what was
+published before the given time; returns how many."""
 """Called by the sweeper task (beat, every ``sweep_interval_seconds``)."""
+
+
+def trace_headers() -> dict[str, str] | None:
+    """The message headers that carry the current trace context (``app.tracing``)."""
+    header = tracing.current_header()
+    return None if header is None else {"traceparent": header}
+
+
+def message_trace(request: Any) -> tracing.TraceContext | None:
+    """The trace context a task's message carries (its ``traceparent`` header), if any."""
+    header = request.get("traceparent") or (getattr(request, "headers", None) or {}).get(
+        "traceparent"
+    )
+    return tracing.parse(header) if isinstance(header, str) else None
 
 
 class CeleryPublisher:
@@ -46,7 +66,10 @@ class CeleryPublisher:
 
     def publish(self, model: str, ids: Sequence[str], priority: int) -> None:
         self.celery.send_task(
-            "inferq.predict", args=[model, list(ids)], queue=queue_name(self.settings, model)
+            "inferq.predict",
+            args=[model, list(ids)],
+            queue=queue_name(self.settings, model),
+            headers=trace_headers(),
         )
 
     def depth(self, model: str) -> int | None:
@@ -68,7 +91,10 @@ class CeleryPublisher:
     def publish_job_chunk(self, model: str, job_id: str, seq: int) -> None:
         """``app.jobs.ingest.JobPublisher``: one ``inferq.job_chunk`` message per chunk."""
         self.celery.send_task(
-            "inferq.job_chunk", args=[job_id, seq], queue=queue_name(self.settings, model)
+            "inferq.job_chunk",
+            args=[job_id, seq],
+            queue=queue_name(self.settings, model),
+            headers=trace_headers(),
         )
 
 
@@ -93,9 +119,11 @@ def get_context(celery: Celery) -> WorkerContext:
     with _lock:
         if _context is None:
             settings: Settings = celery.conf.inferq_settings
+            tracing.configure(settings.otel_exporter, service="inferq-worker")
             engine = make_engine(
                 settings, pool_size=settings.worker_concurrency + 8, async_commit=True
             )
+            clock.keep_synced(engine)  # leases and waits on the database's clock
             sessions = make_sessionmaker(engine)
             dispatcher = build_dispatcher(sessions, settings)
             executors = ExecutorPool(
@@ -126,3 +154,4 @@ def close_context() -> None:
             _context.dispatcher.close()
             _context.engine.dispose()
             _context = None
+            tracing.shutdown()

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from celery import Task
 from celery.signals import setup_logging, worker_process_shutdown, worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
+from app import tracing
 from app.errors import ModelNotReady, UnknownModel
 from app.logs import configure_logging
+from app.predictions.executor import VersionNotHere
 from app.predictions.sweeper import sweep_predictions
+from workers import broker_watch
 from workers.celery_app import celery_app
-from workers.context import EXTRA_SWEEPS, close_context, get_context
+from workers.context import (
+    EXTRA_RECOVERIES,
+    EXTRA_SWEEPS,
+    WorkerContext,
+    close_context,
+    get_context,
+    message_trace,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +34,27 @@ log = logging.getLogger(__name__)
 def predict(self: Task, model: str, ids: list[str]) -> dict[str, Any]:
     """Run the requests ``ids`` of ``model``; acknowledged only once their results are stored."""
     ctx = get_context(celery_app)
+    with tracing.span(
+        "inferq.predict",
+        parent=message_trace(self.request),
+        root=True,
+        kind=tracing.CONSUMER,
+        attributes={"inferq.model": model, "inferq.requests": len(ids)},
+    ):
+        return _predict(self, ctx, model, ids)
+
+
+def _predict(self: Task, ctx: WorkerContext, model: str, ids: list[str]) -> dict[str, Any]:
+    if log.isEnabledFor(logging.DEBUG):  # in the trace of the message's first request
+        log.debug("message", extra={"model": model, "count": len(ids)})
     try:
         reports = ctx.executors.run(model, ids)
+    except VersionNotHere as exc:  # another worker (or this one, once pulled) runs them
+        log.warning(
+            "model version not on this host; requests put back",
+            extra={"model": exc.model, "version": exc.version, "count": exc.count},
+        )
+        raise self.retry(exc=exc, countdown=2) from exc
     except (UnknownModel, ModelNotReady) as exc:
         log.error("model not servable here", extra={"model": model, "error": exc.message})
         ctx.executors.fail(ids, code=exc.code, message=exc.message, model=model)
@@ -88,7 +119,36 @@ def _warm(sender: Any = None, **_: Any) -> None:
             log.exception("could not load model", extra={"model": name})
 
 
+def recover_lost_broker(lost_before: datetime) -> int:
+    """The broker lost its messages (``workers.broker_watch``): publish again every request
+    and job chunk published before ``lost_before`` that no live worker holds."""
+    ctx = get_context(celery_app)
+
+    def predictions(before: datetime) -> int:
+        return sweep_predictions(
+            sessions=ctx.sessions,
+            publisher=ctx.publisher,
+            settings=ctx.settings,
+            write_hooks=ctx.executors.write_hooks,
+            after_commit=ctx.executors.after_commit,
+            lost_before=before,
+        ).republished
+
+    passes = [predictions, *(partial(step, ctx) for step in EXTRA_RECOVERIES)]
+    return broker_watch.republish_lost(lost_before, passes)
+
+
+celery_app.steps["consumer"].add(broker_watch.WakeOnConnect)
+
+
+@worker_ready.connect
+def _watch(sender: Any = None, **_: Any) -> None:
+    ctx = get_context(celery_app)
+    broker_watch.start(celery_app, ctx.settings, ctx.sessions, recover_lost_broker)
+
+
 @worker_shutdown.connect
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
+    broker_watch.stop()
     close_context()

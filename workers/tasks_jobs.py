@@ -7,18 +7,27 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from datetime import datetime
 from typing import Any
 
 from celery import Task
 from celery.signals import worker_ready
 from sqlalchemy.exc import OperationalError
 
+from app import tracing
 from app.jobs import service  # noqa: F401 - registers the job webhook body
 from app.jobs.runner import ChunkReport, run_chunks
 from app.jobs.sweep import sweep_jobs
 from app.runtime.adapters import Adapter
 from workers.celery_app import celery_app
-from workers.context import EXTRA_SWEEPS, WorkerContext, get_context
+from workers.context import (
+    EXTRA_RECOVERIES,
+    EXTRA_SWEEPS,
+    WorkerContext,
+    get_context,
+    message_trace,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,17 @@ def job_chunk(self: Task, job_id: str, seq: int) -> dict[str, Any]:
     """Run chunk ``seq`` of job ``job_id`` (and then the job's next queued chunks for a while);
     acknowledged once their results are stored."""
     ctx = get_context(celery_app)
+    with tracing.span(
+        "inferq.job_chunk",
+        parent=message_trace(self.request),
+        root=True,
+        kind=tracing.CONSUMER,
+        attributes={"inferq.job": job_id, "inferq.chunk": seq},
+    ):
+        return _job_chunk(self, ctx, job_id, seq)
+
+
+def _job_chunk(self: Task, ctx: WorkerContext, job_id: str, seq: int) -> dict[str, Any]:
 
     def adapter_for(model: str, version: str) -> Adapter:
         return ctx.executors.get(model, version).adapter
@@ -61,7 +81,8 @@ def job_chunk(self: Task, job_id: str, seq: int) -> dict[str, Any]:
 
     queued = time.perf_counter()
     try:
-        started, report = _chunk_pool(ctx).submit(run).result()
+        # in this task's trace context: what the chunk logs and sends (the job's webhook) is in it
+        started, report = _chunk_pool(ctx).submit(copy_context().run, run).result()
     except OperationalError as exc:  # the database is away: try the message again later
         log.warning("database unavailable; retrying chunk", extra={"error": str(exc)[:200]})
         raise self.retry(exc=exc, countdown=2) from exc
@@ -95,4 +116,15 @@ def sweep_job_chunks(ctx: WorkerContext) -> object:
     return sweep_jobs(sessions=ctx.sessions, publisher=ctx.publisher, settings=ctx.settings)
 
 
+def recover_job_chunks(ctx: WorkerContext, lost_before: datetime) -> int:
+    """The broker lost its messages: publish again every chunk published before then."""
+    return sweep_jobs(
+        sessions=ctx.sessions,
+        publisher=ctx.publisher,
+        settings=ctx.settings,
+        lost_before=lost_before,
+    ).republished
+
+
 EXTRA_SWEEPS.append(sweep_job_chunks)
+EXTRA_RECOVERIES.append(recover_job_chunks)

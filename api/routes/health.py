@@ -6,21 +6,26 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from api.deps import RuntimeDep
+from api.public import Health, Readiness
 from api.responses import JSON
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The database or the broker is down."}},
+)
 async def readyz(rt: RuntimeDep) -> Response:
     """The database and the broker answer."""
     checks: dict[str, str] = {}
@@ -46,7 +51,7 @@ async def readyz(rt: RuntimeDep) -> Response:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics() -> Response:
     """Prometheus metrics of this API process."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

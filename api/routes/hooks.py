@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Runtime, RuntimeDep
 from api.main import SHUTDOWN_HOOKS, STARTUP_HOOKS
+from api.openapi import errors
+from api.public import HookAccepted
 from api.responses import JSON
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.engine import build_dispatcher
@@ -63,12 +66,33 @@ async def _shutdown(app: FastAPI, rt: Runtime) -> None:
         await run_in_threadpool(hooks.sender.close)
 
 
+def hook_body(secret_header: str | None = None) -> dict[str, Any]:
+    """``openapi_extra`` of a hook: a JSON object in the sender's own shape (read raw: a
+    signature covers its exact bytes), with the sender's secret header if it has one."""
+    extra: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    }
+    if secret_header is not None:
+        extra["parameters"] = [
+            {"name": secret_header, "in": "header", "required": True, "schema": {"type": "string"}}
+        ]
+    return extra
+
+
 if _startup not in STARTUP_HOOKS:
     STARTUP_HOOKS.append(_startup)
     SHUTDOWN_HOOKS.append(_shutdown)
 
 
-@router.post("/telegram/{bot}")
+@router.post(
+    "/telegram/{bot}",
+    response_model=HookAccepted,
+    responses=errors(401, 404, 422, 429),
+    openapi_extra=hook_body(secret_header=SECRET_HEADER),
+)
 async def telegram_update(bot: str, request: Request, rt: RuntimeDep) -> JSON:
     """A Telegram Bot API ``Update`` for bot ``{bot}``; checks ``X-Telegram-Bot-Api-Secret-Token``."""
     hooks = hooks_of(request)
@@ -84,7 +108,15 @@ async def telegram_update(bot: str, request: Request, rt: RuntimeDep) -> JSON:
     return JSON(accepted.public())
 
 
-@router.post("/tickets/{integration}")
+@router.post(
+    "/tickets/{integration}",
+    response_model=HookAccepted,
+    responses={
+        202: {"model": HookAccepted, "description": "Stored; the triage is queued."},
+        **errors(401, 404, 422, 429),
+    },
+    openapi_extra=hook_body(),
+)
 async def ticket_created(integration: str, request: Request, rt: RuntimeDep) -> JSON:
     """A help desk's signed "ticket created" webhook; the triage is written back to the ticket."""
     hooks = hooks_of(request)

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, TenantDep
+from api.openapi import errors, json_body
+from api.public import Deleted, IntegrationList, IntegrationPublic
 from api.responses import JSON
 from api.routes.hooks import hooks_of
 from app.delivery import egress
@@ -71,7 +73,13 @@ async def parse(request: Request, schema: type[M]) -> M:
         raise InvalidInput(f"{where}: {err['msg']}") from exc
 
 
-@router.post("/integrations", status_code=201)
+@router.post(
+    "/integrations",
+    status_code=201,
+    response_model=IntegrationPublic,
+    responses=errors(409, 422),
+    openapi_extra=json_body(IntegrationCreate),
+)
 async def create_integration(request: Request, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Connect a Telegram bot, a Zendesk account or another help desk."""
     body = await parse(request, IntegrationCreate)
@@ -97,14 +105,16 @@ async def create_integration(request: Request, rt: RuntimeDep, tenant: TenantDep
     return JSON(view, status_code=201, headers={"Location": f"/v1/integrations/{view['id']}"})
 
 
-@router.get("/integrations")
+@router.get("/integrations", response_model=IntegrationList)
 async def list_integrations(rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """The tenant's integrations, each with its recent events and deliveries."""
     views = await run_in_threadpool(lambda: store.listed(sessions=rt.sessions, tenant=tenant))
     return JSON({"integrations": views})
 
 
-@router.get("/integrations/{integration_id}")
+@router.get(
+    "/integrations/{integration_id}", response_model=IntegrationPublic, responses=errors(404)
+)
 async def get_integration(integration_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """One integration with its recent events, deliveries and every attempt."""
     view = await run_in_threadpool(
@@ -113,7 +123,12 @@ async def get_integration(integration_id: str, rt: RuntimeDep, tenant: TenantDep
     return JSON(view)
 
 
-@router.patch("/integrations/{integration_id}")
+@router.patch(
+    "/integrations/{integration_id}",
+    response_model=IntegrationPublic,
+    responses=errors(404, 409, 422),
+    openapi_extra=json_body(IntegrationUpdate),
+)
 async def update_integration(
     integration_id: str, request: Request, rt: RuntimeDep, tenant: TenantDep
 ) -> JSON:
@@ -137,7 +152,7 @@ async def update_integration(
     return JSON(await run_in_threadpool(work))
 
 
-@router.delete("/integrations/{integration_id}")
+@router.delete("/integrations/{integration_id}", response_model=Deleted, responses=errors(404))
 async def delete_integration(integration_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Disconnect an integration and forget its events and deliveries."""
     await run_in_threadpool(

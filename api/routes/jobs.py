@@ -17,6 +17,8 @@ from api.deps import Runtime, RuntimeDep, TenantDep
 from api.longpoll import MAX_WAIT_S, wait_final
 from api.main import STREAMED_PATHS
 from api.multipart import Part, read_events
+from api.openapi import errors, json_body, multipart_body
+from api.public import JobList, JobPublic
 from api.responses import JSON
 from app import retention
 from app.db.jobs import Job, JobStatus
@@ -32,17 +34,25 @@ BLOCK = 1 << 20
 FORM_FIELDS = ("model", "model_version", "callback_url", "format", "ttl_s")
 MAX_FIELD_BYTES = 4096
 FORM_OVERHEAD = 64 << 10
+URL = "^https?://"
+"""What a ``callback_url`` must start with (checked by ``_check_url``; declared for OpenAPI)."""
 
 
 class JobCreate(BaseModel):
     """Body of ``POST /v1/jobs`` with inline inputs."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [{"model": "ticket-triage", "inputs": [{"text": "refund please"}] * 2}]
+        },
+    )
 
     model: str = Field(min_length=1, max_length=100)
     model_version: str | None = Field(None, max_length=50)
     inputs: list[Any] = Field(min_length=1)
-    callback_url: str | None = Field(None, max_length=2000)
+    callback_url: str | None = Field(None, max_length=2000, json_schema_extra={"pattern": URL})
     ttl_s: float | None = Field(None, gt=0)
     """Seconds to keep the job and its results after it was created (at most ``max_ttl``)."""
 
@@ -50,6 +60,30 @@ class JobCreate(BaseModel):
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         return _check_url(v)
+
+
+def job_body() -> dict[str, Any]:
+    """The two bodies ``POST /v1/jobs`` reads: inline JSON inputs or a multipart upload."""
+    extra = json_body(JobCreate)
+    extra["requestBody"]["content"].update(
+        multipart_body(
+            {
+                "file": {
+                    "type": "string",
+                    "format": "binary",
+                    "minLength": 1,
+                    "description": "JSONL or CSV",
+                },
+                "model": {"type": "string", "minLength": 1, "maxLength": 100},
+                "model_version": {"type": "string", "maxLength": 50},
+                "callback_url": {"type": "string", "maxLength": 2000, "pattern": URL},
+                "format": {"type": "string", "enum": ["jsonl", "csv"]},
+                "ttl_s": {"type": "number", "exclusiveMinimum": 0},
+            },
+            required=["file", "model"],
+        )["requestBody"]["content"]
+    )
+    return extra
 
 
 def _check_url(v: str | None) -> str | None:
@@ -82,7 +116,13 @@ def _publisher(rt: Runtime) -> JobPublisher:
     return rt.publisher
 
 
-@router.post("/jobs", status_code=202)
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobPublic,
+    responses=errors(422, 429),
+    openapi_extra=job_body(),
+)
 async def create_job(request: Request, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Start a bulk job: JSON ``{"model", "inputs"}`` or a multipart JSONL/CSV ``file``."""
     ctype = request.headers.get("content-type", "").lower()
@@ -289,7 +329,7 @@ def _check_part(part: Part, upload: _Upload | None) -> Part:
     return part
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=JobList)
 async def list_jobs(
     rt: RuntimeDep,
     tenant: TenantDep,
@@ -305,7 +345,7 @@ async def list_jobs(
     return JSON({"jobs": [service.job_public(j) for j in jobs]})
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=errors(404))
 async def get_job(
     job_id: str,
     rt: RuntimeDep,
@@ -327,9 +367,25 @@ async def get_job(
     return JSON(service.job_public(job))
 
 
-@router.get("/jobs/{job_id}/results")
+@router.get(
+    "/jobs/{job_id}/results",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON object (``jsonl``) or CSV row per input.",
+            "content": {
+                m.split(";")[0]: {"schema": {"type": "string"}}
+                for m in results.MEDIA_TYPES.values()
+            },
+        },
+        **errors(404, 409, 422),
+    },
+)
 async def job_results(
-    job_id: str, rt: RuntimeDep, tenant: TenantDep, format: str = "jsonl"
+    job_id: str,
+    rt: RuntimeDep,
+    tenant: TenantDep,
+    format: Annotated[str, Query(json_schema_extra={"enum": list(results.MEDIA_TYPES)})] = "jsonl",
 ) -> StreamingResponse:
     """One line per input, in input order: ``custom_id`` and ``output`` or ``error``."""
     with _kept(rt, tenant, job_id):
@@ -345,7 +401,7 @@ async def job_results(
     )
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
 async def cancel_job(job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Cancel what has not started yet (running chunks finish); 409 once the job has ended."""
     with _kept(rt, tenant, job_id):

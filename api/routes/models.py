@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from api.deps import RuntimeDep, TenantDep
+from api.public import ModelList
+from api.responses import JSON
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models")
-def list_models(rt: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
+@router.get("/models", response_model=ModelList)
+def list_models(rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """The models this deployment serves, with their schemas and batching knobs."""
     rt.registry.reload()
     models = []
@@ -36,4 +36,4 @@ def list_models(rt: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
                 "created_at": m.created_at,
             }
         )
-    return {"models": models}
+    return JSON({"models": models})

@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Runtime, get_tenant
 from api.openai_errors import OpenAIRoute, Timeout
-from api.openapi import json_body
+from api.openapi import json_body, openai_errors
+from api.public import EmbeddingList
 from api.responses import JSON
 from api.routes import predictions
 from app.db.models import Status
@@ -35,6 +36,8 @@ INLINE_TOKENIZE = 16
 
 @router.post(
     "/embeddings",
+    response_model=EmbeddingList,
+    responses=openai_errors(400, 404, 409, 429, 500, 504),
     openapi_extra=json_body(
         embeddings.EmbeddingsRequest, headers={"Idempotency-Key": predictions.MAX_HEADER}
     ),

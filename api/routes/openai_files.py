@@ -8,6 +8,7 @@ stored in Postgres in one transaction (``app.openai_compat.files``); it is bound
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from typing import IO, Any
 
@@ -19,6 +20,8 @@ from api.deps import RuntimeDep, TenantDep
 from api.main import STREAMED_PATHS
 from api.multipart import Part, read_events
 from api.openai_errors import OpenAIRoute
+from api.openapi import multipart_body, openai_errors
+from api.public import FileObject
 from api.responses import JSON
 from app.errors import InvalidInput, PayloadTooLarge
 from app.openai_compat import batch_files, files
@@ -30,6 +33,8 @@ FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
 MAX_FIELD_BYTES = 1024
 FORM_OVERHEAD = 64 << 10
 SPOOL_BYTES = 1 << 20
+ANCHORS = ("created_at",)
+"""What an upload's ``expires_after[seconds]`` may count from (OpenAI's only anchor)."""
 
 
 class _Form:
@@ -83,16 +88,35 @@ async def _read_form(request: Request, form: _Form) -> None:
 
 
 def _ttl(fields: dict[str, str]) -> float | None:
+    anchor = fields.get("expires_after[anchor]")
+    if anchor is not None and anchor not in ANCHORS:
+        raise InvalidInput(f"expires_after[anchor] must be 'created_at', got {anchor!r}")
     seconds = fields.get("expires_after[seconds]")
     if not seconds:
         return None
     try:
-        return float(seconds)
+        ttl = float(seconds)
     except ValueError:
-        raise InvalidInput(f"expires_after[seconds] must be a number, got {seconds!r}") from None
+        ttl = -1.0
+    if not 0 < ttl < math.inf:  # NaN fails the comparison too
+        raise InvalidInput(f"expires_after[seconds] must be a positive number, got {seconds!r}")
+    return ttl
 
 
-@router.post("/files")
+@router.post(
+    "/files",
+    response_model=FileObject,
+    responses=openai_errors(400),
+    openapi_extra=multipart_body(
+        {
+            "file": {"type": "string", "format": "binary", "minLength": 1, "description": "JSONL"},
+            "purpose": {"type": "string", "enum": list(files.PURPOSES)},
+            "expires_after[anchor]": {"type": "string", "enum": list(ANCHORS)},
+            "expires_after[seconds]": {"type": "number", "exclusiveMinimum": 0},
+        },
+        required=["file", "purpose"],
+    ),
+)
 async def create_file(request: Request, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Upload a file: multipart ``file`` (JSONL) and ``purpose`` ``batch``."""
     ctype = request.headers.get("content-type", "")
@@ -128,7 +152,7 @@ async def create_file(request: Request, rt: RuntimeDep, tenant: TenantDep) -> JS
     return JSON(files.file_public(stored))
 
 
-@router.get("/files/{file_id}")
+@router.get("/files/{file_id}", response_model=FileObject, responses=openai_errors(404))
 async def get_file(file_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """A file's object: its size, name, purpose and when it was made."""
     body: dict[str, Any] = await run_in_threadpool(
@@ -139,7 +163,17 @@ async def get_file(file_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     return JSON(body)
 
 
-@router.get("/files/{file_id}/content")
+@router.get(
+    "/files/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The file's bytes (JSONL).",
+            "content": {"application/jsonl": {"schema": {"type": "string"}}},
+        },
+        **openai_errors(404),
+    },
+)
 async def file_content(file_id: str, rt: RuntimeDep, tenant: TenantDep) -> StreamingResponse:
     """A file's bytes: an upload as stored, a batch's output or error file in input order."""
     meta, blocks = await run_in_threadpool(

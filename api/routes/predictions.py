@@ -13,7 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Runtime, RuntimeDep, TenantDep, get_tenant
 from api.longpoll import MAX_WAIT_S, wait_final
 from api.metrics import SUBMITTED
-from api.openapi import json_body
+from api.openapi import errors, json_body
+from api.public import PredictionAccepted, PredictionPublic, PredictionsAccepted
 from api.responses import JSON
 from api.schemas import PredictionCreate
 from app import retention
@@ -51,6 +52,11 @@ async def parse_body(request: Request, schema: type[PredictionCreate]) -> Predic
 @router.post(
     "/predictions",
     status_code=202,
+    response_model=PredictionAccepted | PredictionsAccepted | PredictionPublic,
+    responses={
+        200: {"model": PredictionPublic, "description": "Final within ``Prefer: wait``."},
+        **errors(409, 422, 429),
+    },
     openapi_extra=json_body(
         PredictionCreate, headers={"Idempotency-Key": MAX_HEADER, "Prefer": MAX_HEADER}
     ),
@@ -222,7 +228,7 @@ async def _load(rt: Runtime, tenant: str, pid: str) -> Any:
     return p
 
 
-@router.get("/predictions/{prediction_id}")
+@router.get("/predictions/{prediction_id}", response_model=PredictionPublic, responses=errors(404))
 async def get_prediction(
     prediction_id: str,
     rt: RuntimeDep,
@@ -248,7 +254,9 @@ async def _wait_final(rt: Runtime, tenant: str, pid: str, wait: float) -> Any:
     )
 
 
-@router.delete("/predictions/{prediction_id}")
+@router.delete(
+    "/predictions/{prediction_id}", response_model=PredictionPublic, responses=errors(404, 409)
+)
 async def cancel_prediction(prediction_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Cancel a prediction that has not started (409 once it has)."""
     p = await run_in_threadpool(

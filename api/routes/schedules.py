@@ -10,6 +10,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, TenantDep
+from api.openapi import errors, json_body
+from api.public import Deleted, RunList, RunPublic, ScheduleList, SchedulePublic
 from api.responses import JSON
 from app.errors import InvalidInput
 from app.schedules import service
@@ -37,7 +39,13 @@ async def _body(request: Request, schema: type[M]) -> M:
         raise InvalidInput(f"{where}: {err['msg']}") from exc
 
 
-@router.post("/schedules", status_code=201)
+@router.post(
+    "/schedules",
+    status_code=201,
+    response_model=SchedulePublic,
+    responses=errors(409, 422),
+    openapi_extra=json_body(ScheduleCreate),
+)
 async def create_schedule(request: Request, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Create a schedule: a model scoring a source on a cron (and/or on new files)."""
     body = await _body(request, ScheduleCreate)
@@ -57,7 +65,7 @@ async def create_schedule(request: Request, rt: RuntimeDep, tenant: TenantDep) -
     )
 
 
-@router.get("/schedules")
+@router.get("/schedules", response_model=ScheduleList)
 async def list_schedules(rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """The caller's schedules, oldest first."""
     found = await run_in_threadpool(
@@ -66,7 +74,7 @@ async def list_schedules(rt: RuntimeDep, tenant: TenantDep) -> JSON:
     return JSON({"schedules": [service.schedule_public(s) for s in found]})
 
 
-@router.get("/schedules/{schedule_id}")
+@router.get("/schedules/{schedule_id}", response_model=SchedulePublic, responses=errors(404))
 async def get_schedule(schedule_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """A schedule, with its next run time and (SQL sources) its watermark."""
     sched = await run_in_threadpool(
@@ -75,7 +83,12 @@ async def get_schedule(schedule_id: str, rt: RuntimeDep, tenant: TenantDep) -> J
     return JSON(service.schedule_public(sched))
 
 
-@router.patch("/schedules/{schedule_id}")
+@router.patch(
+    "/schedules/{schedule_id}",
+    response_model=SchedulePublic,
+    responses=errors(404, 409, 422),
+    openapi_extra=json_body(ScheduleUpdate),
+)
 async def update_schedule(
     schedule_id: str, request: Request, rt: RuntimeDep, tenant: TenantDep
 ) -> JSON:
@@ -94,7 +107,7 @@ async def update_schedule(
     return JSON(service.schedule_public(sched))
 
 
-@router.delete("/schedules/{schedule_id}")
+@router.delete("/schedules/{schedule_id}", response_model=Deleted, responses=errors(404))
 async def delete_schedule(schedule_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Delete a schedule and its run history (the jobs it made stay)."""
     await run_in_threadpool(
@@ -105,7 +118,9 @@ async def delete_schedule(schedule_id: str, rt: RuntimeDep, tenant: TenantDep) -
     return JSON({"id": schedule_id, "deleted": True})
 
 
-@router.post("/schedules/{schedule_id}/run", status_code=202)
+@router.post(
+    "/schedules/{schedule_id}/run", status_code=202, response_model=RunPublic, responses=errors(404)
+)
 async def run_schedule(schedule_id: str, rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """Run a schedule now (enabled or not); the run's job appears at the next tick."""
     run = await run_in_threadpool(
@@ -114,7 +129,7 @@ async def run_schedule(schedule_id: str, rt: RuntimeDep, tenant: TenantDep) -> J
     return JSON(service.run_public(run), status_code=202)
 
 
-@router.get("/schedules/{schedule_id}/runs")
+@router.get("/schedules/{schedule_id}/runs", response_model=RunList, responses=errors(404))
 async def list_runs(
     schedule_id: str,
     rt: RuntimeDep,

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, TenantDep
+from api.public import Usage
 from api.responses import JSON
 from app.db.engine import session_scope
 from app.predictions.admission import Admission
@@ -13,7 +14,7 @@ from app.predictions.admission import Admission
 router = APIRouter(prefix="/v1", tags=["usage"])
 
 
-@router.get("/usage")
+@router.get("/usage", response_model=Usage)
 async def get_usage(rt: RuntimeDep, tenant: TenantDep) -> JSON:
     """The tenant's inputs queued or running (in all, by model) and its limits."""
     admission = rt.admission or Admission(rt.settings)

@@ -8,7 +8,8 @@ past their deadline leave as ``expired`` without running; items the ``admit`` ho
 (cancelled, taken by another worker) are skipped. A batch that raises is bisected until only the inputs that break
 it fail. Every batch's outcomes go to ``sink`` (one bulk write) before any future resolves;
 with a ``writer`` pool that write overlaps the next batch's run. An ``observer`` (metrics) hears
-of each batch as it starts and of each model run that returned.
+of each batch as it starts and of each model run that returned. Each batch runs in a trace span
+linked to the trace contexts of the items it carries (``app.tracing``); its write is in it too.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from app import tracing
+from app.tracing import TraceContext
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,10 @@ class BatchItem:
     future: Future[Outcome] = field(default_factory=Future)
     accepted_at: float | None = None
     """When the request was accepted, on the batcher's clock, if the caller knows (metrics)."""
+    token: int | None = None
+    """A fencing token the sink writes the result with (the claim it ran under), if any."""
+    trace: TraceContext | None = None
+    """The request's trace context: the span of the batch that carries it links to it."""
 
 
 RunBatch = Callable[[list[Any]], Sequence[Any]]
@@ -83,6 +92,7 @@ class DynamicBatcher:
         clock: Callable[[], float] = time.monotonic,
         writer: Executor | None = None,
         observer: Observer | None = None,
+        trace_name: str = "inferq.batch",
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -98,6 +108,8 @@ class DynamicBatcher:
         self.clock = clock
         self.writer = writer
         self.observer = observer
+        self.trace_name = trace_name
+        """The name of each batch's span (``app.tracing``)."""
         self._buckets: dict[int, list[BatchItem]] = {}
         self._cond = threading.Condition()
         self._seq = itertools.count()
@@ -225,9 +237,11 @@ class DynamicBatcher:
             return
         if self.observer is not None:
             self.observer.started(batch, self.clock())
-        outcomes: dict[int, Outcome] = {}
-        self._run_bisect(batch, outcomes)
-        self._finish(batch, [outcomes[id(i)] for i in batch])
+        carried = [i.trace for i in batch]
+        with tracing.batch_span(self.trace_name, carried, {"inferq.batch_size": len(batch)}):
+            outcomes: dict[int, Outcome] = {}
+            self._run_bisect(batch, outcomes)
+            self._finish(batch, [outcomes[id(i)] for i in batch])
 
     def _run_bisect(self, items: list[BatchItem], outcomes: dict[int, Outcome]) -> None:
         start = time.perf_counter()
@@ -259,8 +273,8 @@ class DynamicBatcher:
     def _finish(self, items: list[BatchItem], outcomes: list[Outcome]) -> None:
         """Store then resolve; on the ``writer`` pool if there is one, so the next batch can
         run on the model while this one is written."""
-        if self.writer is not None:
-            self.writer.submit(self._store_and_resolve, items, outcomes)
+        if self.writer is not None:  # in this batch's trace context (the write is its child)
+            self.writer.submit(copy_context().run, self._store_and_resolve, items, outcomes)
         else:
             self._store_and_resolve(items, outcomes)
 

@@ -43,6 +43,33 @@ def models_list() -> None:
             )
 
 
+@models_cli.command("pull")
+def models_pull(
+    source: Annotated[
+        Path | None, typer.Argument(help="A registry folder. Default: INFERQ_MODELS_SOURCE.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+) -> None:
+    """Copy the versions this host lacks from a shared folder, each sha256-checked."""
+    from app.errors import ModelNotReady
+    from app.registry import Registry
+
+    settings = get_settings()
+    src = source or settings.models_source
+    if src is None or not Path(src).is_dir():
+        typer.echo(f"no such folder: {src} (give one, or set INFERQ_MODELS_SOURCE)", err=True)
+        raise typer.Exit(2)
+    try:
+        copied = Registry(settings.models_dir).pull(Path(src), name)
+    except ModelNotReady as exc:
+        typer.echo(f"refused: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    for e in copied:
+        typer.echo(f"{e.manifest.name}:{e.manifest.version}  sha256={e.manifest.sha256[:12]}")
+    if not copied:
+        typer.echo("up to date")
+
+
 def ensure_models() -> None:
     """Build the demo models when the registry holds none."""
     from app.registry import Registry

@@ -79,6 +79,8 @@ class Delivery(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     """When it and its attempts are deleted: set when it becomes final (delivered or dead) to
     then plus the tenant's retention; None while pending (a replay clears it)."""
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
+    """The W3C trace context of what it reports (``app.tracing``): sent as ``traceparent``."""
 
     __table_args__ = (
         Index("ix_deliveries_due", "status", "next_attempt_at"),

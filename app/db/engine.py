@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONNECT_TIMEOUT_S = 3
+"""How long a Postgres connection attempt may take (a host that drops packets would otherwise
+hold a request for the kernel's TCP timeout, minutes)."""
 
 
 def _json_dumps(value: Any) -> str:
@@ -57,9 +66,18 @@ def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool =
             cur.close()
 
         return engine
-    connect_args = {"options": "-c synchronous_commit=off"} if async_commit else {}
+    connect_args = session_bounds(settings.db_session_timeout_seconds)
+    options = [connect_args.pop("options")]
+    if async_commit:
+        options.append("-c synchronous_commit=off")
+    parsed = make_url(url)
+    given = parsed.query.get("options")  # an operator's own options are kept, not replaced
+    if given:
+        options.insert(0, given if isinstance(given, str) else " ".join(given))
+        parsed = parsed.difference_update_query(["options"])
+    connect_args["options"] = " ".join(options)
     return create_engine(
-        url,
+        parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
@@ -69,6 +87,33 @@ def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool =
     )
 
 
+def session_bounds(timeout_s: float) -> dict[str, Any]:
+    """libpq parameters that bound a Postgres session on a network that fails: connects give
+    up after ``CONNECT_TIMEOUT_S``; unacknowledged data or a silent peer end the connection
+    within ``timeout_s`` on both sides (TCP user timeout, keepalives), and the server ends a
+    session left idle inside a transaction after ``timeout_s`` (a worker cut off between its
+    result ``UPDATE`` and its ``COMMIT`` would otherwise hold those rows' locks until TCP gives
+    up, hours later, and the sweeper could hand none of them on)."""
+    ms = max(1000, int(timeout_s * 1000))
+    probe = max(1, int(timeout_s / 4))
+    server = {
+        "idle_in_transaction_session_timeout": ms,
+        "tcp_user_timeout": ms,
+        "tcp_keepalives_idle": probe,
+        "tcp_keepalives_interval": probe,
+        "tcp_keepalives_count": 3,
+    }
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "keepalives": 1,
+        "keepalives_idle": probe,
+        "keepalives_interval": probe,
+        "keepalives_count": 3,
+        "tcp_user_timeout": ms,
+        "options": " ".join(f"-c {k}={v}" for k, v in server.items()),
+    }
+
+
 @contextmanager
 def one_statement(bind: Engine | sessionmaker[Session]) -> Iterator[Connection]:
     """A pooled connection in autocommit mode, for a single statement that is its own
@@ -76,6 +121,28 @@ def one_statement(bind: Engine | sessionmaker[Session]) -> Iterator[Connection]:
     engine = bind if isinstance(bind, Engine) else bind.kw["bind"]
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         yield conn
+
+
+def while_unavailable(fn: Callable[[], T], *, budget_s: float, what: str) -> T:
+    """``fn()``, tried again while the database is away (``OperationalError``: a restart, a
+    failover, a cut connection) for up to ``budget_s`` seconds, with waits of 0.1 s doubling to
+    1 s; then its error. For writes that are safe to repeat (conditional, fenced), whose result
+    would otherwise be lost with the process's memory: a worker's results (else they run again
+    after the lease), a delivery's outcome (else it is sent again)."""
+    deadline = time.monotonic() + budget_s
+    wait = 0.1
+    while True:
+        try:
+            return fn()
+        except OperationalError as exc:
+            if time.monotonic() + wait > deadline:
+                raise
+            log.warning(
+                "database unavailable; trying again",
+                extra={"what": what, "retry_in": wait, "error": str(exc).strip()[:200]},
+            )
+            time.sleep(wait)
+            wait = min(wait * 2, 1.0)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

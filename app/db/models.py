@@ -67,6 +67,8 @@ class Prediction(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, default=default_expiry, index=True)
     """When it is deleted, once final (``app.retention``): ``created_at`` plus its ``ttl_s`` or
     the tenant's retention."""
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
+    """The W3C trace context of the request that made it (``app.tracing``)."""
 
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key", name="uq_predictions_tenant_idem"),
@@ -85,7 +87,26 @@ class Prediction(Base):
             postgresql_where=text("status IN ('queued', 'running')"),
             sqlite_where=text("status IN ('queued', 'running')"),
         ),
+        # a claim takes the model's queued high-priority requests too (app/db/predictions.py)
+        Index(
+            "ix_predictions_high_queued",
+            "model",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND priority = 0"),
+            sqlite_where=text("status = 'queued' AND priority = 0"),
+        ),
     )
+
+
+class BrokerEpoch(Base):
+    """That the broker behind a queue prefix was given its epoch marker
+    (``app.requeue.BrokerWatch``): from then on, a broker without the marker lost its messages;
+    before, it is only new."""
+
+    __tablename__ = "broker_epochs"
+
+    prefix: Mapped[str] = mapped_column(String(120), primary_key=True)
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AdmissionState(Base):

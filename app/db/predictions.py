@@ -28,6 +28,11 @@ class ResultRow:
     error_message: str | None = None
     batch_size: int | None = None
     run_ms: float | None = None
+    claim: int | None = None
+    """The claim it ran under (``attempts`` when it was claimed): a fencing token. The write
+    lands only while that claim holds (still ``running``, not claimed again since), so a worker
+    that lost its lease (a partition, a pause) and comes back late writes nothing. None: no
+    claim (a request failed before it ran), written while it is live."""
 
 
 @dataclass(slots=True)
@@ -40,6 +45,8 @@ class Written:
     job_id: str | None
     integration: str | None = None
     """The integration that asked for it (``metadata.integration``), if any."""
+    traceparent: str | None = None
+    """The trace context of the request that made it (its webhook carries it)."""
 
 
 def insert_predictions(*, session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -100,26 +107,73 @@ class Claimed:
     priority: int
     deadline_at: datetime | None
     created_at: datetime | None = None
+    attempts: int = 0
+    """This claim's number (the fencing token its result is written with)."""
+    traceparent: str | None = None
+    """The trace context of the request that made it (``app.tracing``)."""
 
 
-def claim(*, session: Session | Connection, ids: Sequence[str], lease: timedelta) -> list[Claimed]:
-    """Take the queued ones of ``ids``: mark them running under a new lease and return them.
-    Cancelled, finished and running rows are left alone, so a message delivered twice runs
-    nothing twice; one whose worker was lost is taken only by ``claim_lost``."""
+def claim(
+    *, session: Session | Connection, ids: Sequence[str], model: str, lease: timedelta
+) -> list[Claimed]:
+    """Take the queued ones of ``ids`` that are of ``model``: mark them running under a new
+    lease and return them. Cancelled, finished and running rows are left alone, so a message
+    delivered twice runs nothing twice; one whose worker was lost is taken only by
+    ``claim_lost``; a row of another model (a message on the wrong queue) is not taken."""
     now = utcnow()
-    params = {"ids": list(ids), "now": now, "lease_until": now + lease}
+    params = {"ids": list(ids), "of_model": model, "now": now, "lease_until": now + lease}
+    bind = session.get_bind() if isinstance(session, Session) else session
+    if bind.dialect.name == "postgresql":
+        return [Claimed(*row) for row in session.execute(_PG_CLAIM, {**params, "pull": PULL_HIGH})]
     return [Claimed(*row) for row in session.execute(_CLAIM, params)]
 
 
 def claim_lost(
-    *, session: Session | Connection, prediction_id: str, lease: timedelta, max_attempts: int
+    *,
+    session: Session | Connection,
+    prediction_id: str,
+    model: str,
+    lease: timedelta,
+    max_attempts: int,
 ) -> Claimed | None:
-    """Take one prediction whose worker was lost (running under a lease that ran out), unless
-    it was claimed ``max_attempts`` times already (the sweeper fails those)."""
+    """Take one prediction of ``model`` whose worker was lost (running under a lease that ran
+    out), unless it was claimed ``max_attempts`` times already (the sweeper fails those)."""
     now = utcnow()
-    params = {"ids": [prediction_id], "now": now, "lease_until": now + lease, "max": max_attempts}
+    params = {
+        "ids": [prediction_id],
+        "of_model": model,
+        "now": now,
+        "lease_until": now + lease,
+        "max": max_attempts,
+    }
     row = session.execute(_CLAIM_LOST, params).first()
     return None if row is None else Claimed(*row)
+
+
+def unclaim(*, session: Session, rows: Sequence[Claimed]) -> int:
+    """Undo the claims of ``rows`` (still held under them): queued again, their attempt not
+    counted, for another worker to take. Returns how many."""
+    if not rows:
+        return 0
+    t = Prediction.__table__.c
+    stmt = (
+        update(Prediction.__table__)  # type: ignore[arg-type]
+        .where(
+            t.id == bindparam("b_id"),
+            t.status == Status.running.value,
+            t.attempts == bindparam("b_claim"),
+        )
+        .values(
+            status=Status.queued.value,
+            started_at=None,
+            lease_expires_at=None,
+            attempts=t.attempts - 1,
+        )
+    )
+    result = session.connection().execute(
+        stmt, [{"b_id": r.id, "b_claim": r.attempts} for r in rows]
+    )
+    return int(result.rowcount or 0)
 
 
 def lost_ids(*, session: Session | Connection, ids: Sequence[str], max_attempts: int) -> list[str]:
@@ -148,19 +202,71 @@ def _claim_statement(*, lost: bool) -> Any:
     )
     return (
         update(Prediction.__table__)  # type: ignore[arg-type]
-        .where(t.id.in_(bindparam("ids", expanding=True)), which)
+        .where(t.id.in_(bindparam("ids", expanding=True)), t.model == bindparam("of_model"), which)
         .values(
             status=Status.running.value,
             started_at=now,
             lease_expires_at=bindparam("lease_until", type_=t.lease_expires_at.type),
             attempts=t.attempts + 1,
         )
-        .returning(t.id, t.model, t.model_version, t.input, t.priority, t.deadline_at, t.created_at)
+        .returning(
+            t.id,
+            t.model,
+            t.model_version,
+            t.input,
+            t.priority,
+            t.deadline_at,
+            t.created_at,
+            t.attempts,
+            t.traceparent,
+        )
     )
 
 
 _CLAIM = _claim_statement(lost=False)
 _CLAIM_LOST = _claim_statement(lost=True)
+
+PULL_HIGH = 64
+"""High-priority requests of its model that a claim takes besides its message's own."""
+
+_T = Prediction.__table__.c
+_PG_CLAIM = text(
+    """
+    WITH pulled AS (
+        SELECT q.id FROM predictions AS q
+        WHERE q.model = :of_model AND q.status = 'queued' AND q.priority = 0
+        ORDER BY q.created_at
+        LIMIT :pull
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE predictions AS p SET
+        status = 'running', started_at = :now, lease_expires_at = :lease_until,
+        attempts = p.attempts + 1
+    WHERE p.id IN (SELECT unnest(CAST(:ids AS text[])) UNION ALL SELECT id FROM pulled)
+        AND p.model = :of_model AND p.status = 'queued'
+    RETURNING p.id, p.model, p.model_version, p.input, p.priority, p.deadline_at,
+        p.created_at, p.attempts, p.traceparent
+    """
+).columns(
+    _T.id,
+    _T.model,
+    _T.model_version,
+    _T.input,
+    _T.priority,
+    _T.deadline_at,
+    _T.created_at,
+    _T.attempts,
+    _T.traceparent,
+)
+"""The claim on Postgres: the message's queued ids of the model, plus the oldest queued
+``high`` requests of the model (up to ``PULL_HIGH``) that no other claim holds, whichever
+message they came in. The broker hands out a model's messages first in, first out, and a worker
+reserves several ahead (``worker_prefetch_multiplier`` times its concurrency), so a ``high``
+request's own message may wait behind a whole backlog of ``low`` ones; taken by the next claim
+of any worker of its model, it starts within the next batch (the batcher puts it first). Its own
+message, when it comes, finds it taken and runs nothing. The partial index
+``ix_predictions_high_queued`` keeps the look-up free when no ``high`` request waits. ``normal``
+ahead of ``low`` keeps the broker's order."""
 
 
 _PG_WRITE = text(
@@ -171,9 +277,11 @@ _PG_WRITE = text(
         completed_at = now(), lease_expires_at = NULL
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(
         id text, status text, output jsonb, error_code text, error_message text,
-        batch_size int, run_ms float8)
+        batch_size int, run_ms float8, claim int)
     WHERE p.id = v.id AND p.status IN ('queued', 'running')
-    RETURNING p.id, p.tenant, p.callback_url, p.job_id, p.metadata ->> 'integration'
+        AND (v.claim IS NULL OR (p.status = 'running' AND p.attempts = v.claim))
+    RETURNING p.id, p.tenant, p.callback_url, p.job_id, p.metadata ->> 'integration',
+        p.traceparent
     """
 )
 
@@ -196,13 +304,14 @@ def write_results(*, session: Session, results: Sequence[ResultRow]) -> list[Wri
                     "error_message": r.error_message,
                     "batch_size": r.batch_size,
                     "run_ms": r.run_ms,
+                    "claim": r.claim,
                 }
                 for r in results
             ],
             option=orjson.OPT_SERIALIZE_NUMPY,
         ).decode()
         rows = session.execute(_PG_WRITE, {"rows": payload}).all()
-        return [Written(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [Written(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
     return _write_results_generic(session, results)
 
 
@@ -215,9 +324,20 @@ def _write_results_generic(session: Session, results: Sequence[ResultRow]) -> li
             Prediction.callback_url,
             Prediction.job_id,
             Prediction.metadata_,
+            Prediction.status,
+            Prediction.attempts,
+            Prediction.traceparent,
         ).where(Prediction.id.in_(ids), Prediction.status.in_(LIVE))
     ).all()
-    live_ids = {r[0] for r in live}
+    by_id = {r[0]: r for r in live}
+    chosen: dict[str, ResultRow] = {}
+    for r in results:  # the Postgres statement's fence (one writer at a time on SQLite)
+        row = by_id.get(r.id)
+        if row is None or r.id in chosen:
+            continue
+        if r.claim is None or (row[5] == Status.running.value and row[6] == r.claim):
+            chosen[r.id] = r
+    live = [by_id[i] for i in chosen]
     now = utcnow()
     stmt = (
         update(Prediction.__table__)  # type: ignore[arg-type]
@@ -246,8 +366,7 @@ def _write_results_generic(session: Session, results: Sequence[ResultRow]) -> li
             "b_batch_size": r.batch_size,
             "b_run_ms": r.run_ms,
         }
-        for r in results
-        if r.id in live_ids
+        for r in chosen.values()
     ]
     if params:
         session.connection().execute(stmt, params)
@@ -258,6 +377,7 @@ def _write_results_generic(session: Session, results: Sequence[ResultRow]) -> li
             r[2],
             r[3],
             (r[4] or {}).get("integration") if isinstance(r[4], dict) else None,
+            r[7],
         )
         for r in live
     ]

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import String, and_, cast, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Prediction, Status
+from app.db.models import BrokerEpoch, Prediction, Status
 from app.db.predictions import Written
 from app.poison import LOST_MESSAGE, WORKER_LOST
 
@@ -77,11 +77,19 @@ def take_for_publish(
     those this call took (a concurrent sweeper that took a row first leaves it out here)."""
     if not ids:
         return []
+    # rows another session holds (a worker writing them, perhaps cut off mid-transaction) are
+    # skipped, not waited for: this sweep goes on, a later one takes them
+    free = (
+        select(_T.id)
+        .where(_T.id.in_(list(ids)), _stale(now, requeue_before))
+        .with_for_update(skip_locked=True)
+    )
     rows = session.execute(
         update(Prediction.__table__)  # type: ignore[arg-type]
-        .where(_T.id.in_(list(ids)), _stale(now, requeue_before))
+        .where(_T.id.in_(free), _stale(now, requeue_before))
         .values(published_at=now)
         .returning(_T.id, _T.model, _T.priority)
+        .execution_options(synchronize_session=False)
     )
     return [(r[0], r[1], r[2]) for r in rows]
 
@@ -114,10 +122,31 @@ def fail_lost(
             completed_at=now,
             lease_expires_at=None,
         )
-        .returning(_T.id, _T.tenant, _T.callback_url, _T.job_id, _T["metadata"])
+        .returning(_T.id, _T.tenant, _T.callback_url, _T.job_id, _T["metadata"], _T.traceparent)
         .execution_options(synchronize_session=False)
     )
     return [
-        Written(r[0], r[1], r[2], r[3], r[4].get("integration") if isinstance(r[4], dict) else None)
+        Written(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4].get("integration") if isinstance(r[4], dict) else None,
+            r[5],
+        )
         for r in rows
     ]
+
+
+def epoch_known(*, session: Session, prefix: str) -> bool:
+    """Whether the broker of ``prefix`` was ever given its epoch marker."""
+    return session.get(BrokerEpoch, prefix) is not None
+
+
+def mark_epoch(*, session: Session, prefix: str, now: datetime) -> None:
+    """Remember that the broker of ``prefix`` now holds its epoch marker."""
+    row = session.get(BrokerEpoch, prefix)
+    if row is None:
+        session.add(BrokerEpoch(prefix=prefix, marked_at=now))
+    else:
+        row.marked_at = now

@@ -30,10 +30,10 @@ import httpx
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics
+from app import metrics, tracing
 from app.db.base import utcnow
 from app.db.deliveries import DeadReason, Delivery, DeliveryAttempt, DeliveryStatus
-from app.db.engine import session_scope
+from app.db.engine import session_scope, while_unavailable
 from app.delivery import egress, outbox
 from app.integrations.base import Outgoing
 from app.integrations.secrets import redact
@@ -183,6 +183,19 @@ class Dispatcher:
         if claimed is None:
             return False
         d, built = claimed
+        with tracing.span(
+            f"inferq.deliver {d.kind}",
+            parent=tracing.parse(d.traceparent),
+            root=True,  # a delivery without a stored trace starts its own
+            kind=tracing.CLIENT,
+            attributes={"inferq.delivery": d.id, "inferq.attempt": d.attempt_count + 1},
+        ) as span:
+            ok = self._attempt(d, built)
+            if not ok:
+                span.fail("not delivered")
+            return ok
+
+    def _attempt(self, d: Delivery, built: Built | Dead) -> bool:
         channel = self.channels[d.kind]
         start = time.perf_counter()
         if isinstance(built, Dead):
@@ -258,8 +271,12 @@ class Dispatcher:
         out, secrets = built.request, built.secrets
         try:
             egress.check_url(out.url, self.egress, field="url")
+            headers = out.headers
+            trace = tracing.current_header()
+            if trace is not None:  # the receiver can join the trace (W3C Trace Context)
+                headers = {**headers, "traceparent": trace}
             resp = self.client.request(
-                out.method, out.url, content=out.body, headers=out.headers, timeout=policy.timeout_s
+                out.method, out.url, content=out.body, headers=headers, timeout=policy.timeout_s
             )
         except egress.EgressDenied as exc:
             return self._denied(str(exc), secrets)
@@ -288,6 +305,17 @@ class Dispatcher:
         )
 
     def _record(
+        self, d: Delivery, attempt: int, result: Result, duration_ms: float, delay: float | None
+    ) -> None:
+        # an outcome in hand is kept through a database restart: lost, the delivery would be
+        # sent again once its lease ran out (within half the lease, it is not)
+        while_unavailable(
+            lambda: self._write_outcome(d, attempt, result, duration_ms, delay),
+            budget_s=self._lease_s() / 2,
+            what="delivery outcome",
+        )
+
+    def _write_outcome(
         self, d: Delivery, attempt: int, result: Result, duration_ms: float, delay: float | None
     ) -> None:
         now = utcnow()

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import tracing
 from app.db.base import new_id, utcnow
 from app.db.deliveries import Delivery, DeliveryAttempt, DeliveryStatus
 from app.db.engine import session_scope
@@ -43,8 +44,10 @@ def take_pending() -> list[str]:
 
 
 def add(*, session: Session, kind: str, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Add outbox rows of ``kind`` (``id`` filled in when absent); returns their ids."""
+    """Add outbox rows of ``kind`` (``id`` filled in when absent; ``traceparent``: the current
+    trace context's when absent); returns their ids."""
     now = utcnow()
+    trace = tracing.current_header()
     full = [
         {
             "id": new_id(ID_PREFIX[kind]),
@@ -54,6 +57,7 @@ def add(*, session: Session, kind: str, rows: Sequence[dict[str, Any]]) -> list[
             "replay_base": 0,
             "next_attempt_at": now,
             "created_at": now,
+            "traceparent": trace,
             **r,
         }
         for r in rows

@@ -68,6 +68,7 @@ def write_hook(session: Session, written: Sequence[Any]) -> None:
             "subject_type": "prediction",
             "subject_id": w.id,
             "url": w.callback_url,
+            "traceparent": getattr(w, "traceparent", None),
         }
         for w in written
         if w.callback_url

@@ -90,6 +90,7 @@ def complete(session: Session, prediction_ids: Sequence[str]) -> list[str]:
                 "method": r.method,
                 "target": r.target,
                 "body": r.body,
+                "traceparent": getattr(preds.get(c.prediction_id), "traceparent", None),
             }
             for r in made
         ]

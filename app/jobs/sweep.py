@@ -33,13 +33,21 @@ class JobSweepReport:
 
 
 def sweep_jobs(
-    *, sessions: sessionmaker[Session], publisher: JobPublisher, settings: Settings
+    *,
+    sessions: sessionmaker[Session],
+    publisher: JobPublisher,
+    settings: Settings,
+    lost_before: datetime | None = None,
 ) -> JobSweepReport:
     """Publish again chunks never published or whose worker's lease ran out (it died), and
     queued ones whose message may be lost (``app.requeue``: never a backlog twice); drop
-    uploads abandoned half-way. Harmless to run twice: claims and marks are conditional."""
+    uploads abandoned half-way. Harmless to run twice: claims and marks are conditional.
+    ``lost_before``: the broker lost its messages then; every chunk published before is
+    published again now (``app.predictions.sweeper.sweep_predictions``)."""
     now = utcnow()
     requeue_before = now - timedelta(seconds=settings.requeue_after_seconds)
+    if lost_before is not None:
+        requeue_before = lost_before
     with session_scope(sessions) as s:
         stale = store.stale_chunks(session=s, now=now, requeue_before=requeue_before)
         dropped = store.abandoned_uploads(
@@ -48,7 +56,10 @@ def sweep_jobs(
         if dropped:  # chunks first, then the job: the order workers lock them in
             s.execute(delete(JobChunk).where(JobChunk.job_id.in_(dropped)))
             s.execute(delete(Job).where(Job.id.in_(dropped)))
-    chosen = _choose(sessions, publisher, stale, now=now, settings=settings)
+    if lost_before is None:
+        chosen = _choose(sessions, publisher, stale, now=now, settings=settings)
+    else:
+        chosen = {(job_id, seq): model for job_id, seq, model, _ in stale}
     with session_scope(sessions) as s:
         taken = store.take_chunks(
             session=s, keys=list(chosen), now=now, requeue_before=requeue_before

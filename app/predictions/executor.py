@@ -15,11 +15,12 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics, poison
+from app import metrics, poison, tracing
 from app.batching import BatchItem, DynamicBatcher, Outcome
 from app.db import predictions as crud
 from app.db.base import utcnow
-from app.db.engine import one_statement, session_scope
+from app.db.engine import one_statement, session_scope, while_unavailable
+from app.errors import UnknownModel
 from app.registry import Registry
 from app.runtime.adapters import Adapter, load_adapter
 from app.settings import Settings
@@ -37,12 +38,19 @@ def store_results(
     rows: Sequence[crud.ResultRow],
     write_hooks: Sequence[WriteHook],
     after_commit: Sequence[AfterCommit],
+    *,
+    retry_s: float = 0.0,
 ) -> list[crud.Written]:
     """Write final states in one transaction with their outbox rows (webhooks, integrations) and
     the NOTIFY that wakes long-polls; then hand what was written to the after-commit hooks.
-    Every way a prediction ends in a worker goes through here."""
+    Every way a prediction ends in a worker goes through here. ``retry_s``: how long to keep
+    trying while the database is away (the write is fenced, so a repeat is harmless)."""
     return store_final(
-        sessions, lambda s: crud.write_results(session=s, results=rows), write_hooks, after_commit
+        sessions,
+        lambda s: crud.write_results(session=s, results=rows),
+        write_hooks,
+        after_commit,
+        retry_s=retry_s,
     )
 
 
@@ -51,15 +59,22 @@ def store_final(
     write: Callable[[Session], list[crud.Written]],
     write_hooks: Sequence[WriteHook],
     after_commit: Sequence[AfterCommit],
+    *,
+    retry_s: float = 0.0,
 ) -> list[crud.Written]:
     """Run ``write`` (a statement that makes predictions final and returns them) with the write
     hooks and NOTIFY in its transaction, then the after-commit hooks (the sweeper ends
     ``worker_lost`` ones through here too)."""
-    with session_scope(sessions) as s:
-        written = write(s)
-        for hook in write_hooks:
-            hook(s, written)
-        crud.notify_done(session=s, ids=[w.id for w in written])
+
+    def transaction() -> list[crud.Written]:
+        with session_scope(sessions) as s:
+            written = write(s)
+            for hook in write_hooks:
+                hook(s, written)
+            crud.notify_done(session=s, ids=[w.id for w in written])
+        return written
+
+    written = while_unavailable(transaction, budget_s=retry_s, what="results")
     for after in after_commit:
         try:
             after(written)
@@ -108,6 +123,7 @@ class ModelExecutor:
                 settings.writer_threads, thread_name_prefix=f"writer-{adapter.entry.manifest.name}"
             ),
             observer=self.metrics,
+            trace_name=f"inferq.batch {adapter.entry.manifest.name}",
         )
 
     def start(self, runners: int) -> None:
@@ -126,10 +142,42 @@ class ModelExecutor:
                 error_message=o.error_message,
                 batch_size=o.batch_size,
                 run_ms=o.run_ms,
+                claim=item.token,
             )
             for item, o in zip(items, outcomes, strict=True)
         ]
-        store_results(self.sessions, rows, self.write_hooks, self.after_commit)
+        name = self.adapter.entry.manifest.name
+        poison.hold_before_write()  # test only, see ``app.poison``
+        with tracing.span("inferq.store", attributes={"inferq.model": name, "db.rows": len(rows)}):
+            # results in hand are not given up for a database restart or a partition: they are
+            # written once it is back (for up to two leases). Under the lease they land; past
+            # it, the fence refuses them if another worker claimed the rows since
+            written = store_results(
+                self.sessions,
+                rows,
+                self.write_hooks,
+                self.after_commit,
+                retry_s=self.settings.lease_seconds * 2,
+            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "results stored",
+                    extra={
+                        "model": name,
+                        "count": len(written),
+                        "trace_ids": sorted({i.trace.trace_id for i in items if i.trace}),
+                    },
+                )
+        if len(written) < len(rows):
+            log.warning(
+                "result writes refused: the lease was lost",
+                extra={
+                    "model": self.adapter.entry.manifest.name,
+                    "count": len(rows) - len(written),
+                    "reason": "claimed again by another worker after this one's lease ran out,"
+                    " or cancelled or ended meanwhile; the stored state is kept",
+                },
+            )
         self.metrics.ended((o.status, o.error_code) for o in outcomes)
 
     def run_rows(self, rows: Sequence[crud.Claimed], *, timeout: float = 600.0) -> MessageReport:
@@ -143,6 +191,7 @@ class ModelExecutor:
         prepared = self._prepare([r.input for r in rows], [r.id for r in rows])
         clock_now = self.batcher.clock()
         futures = []
+        spans: list[tuple[tracing.Span, BatchItem]] = []
         for row in rows:
             if row.id not in prepared:
                 continue
@@ -156,7 +205,9 @@ class ModelExecutor:
                 length=self.adapter.length(payload),
                 priority=row.priority,
                 deadline=deadline,
+                token=row.attempts,
             )
+            item.trace = self._trace(row, item, spans)
             waited = 0.0
             if row.created_at is not None:
                 item.accepted_at = clock_now - (now - row.created_at).total_seconds()
@@ -164,6 +215,7 @@ class ModelExecutor:
                     waited = (now - row.created_at).total_seconds()
             futures.append(self.batcher.submit(item, waited=waited))
         done, not_done = wait(futures, timeout=timeout)
+        _end_spans(spans)
         if not_done:
             raise TimeoutError(f"{len(not_done)} requests not stored within {timeout}s")
         statuses: dict[str, int] = {}
@@ -180,7 +232,10 @@ class ModelExecutor:
         if row.id not in prepared:
             return MessageReport(1, 0, 0, {"failed": 1})
         payload = prepared[row.id]
-        item = BatchItem(row.id, payload, self.adapter.length(payload), row.priority)
+        item = BatchItem(
+            row.id, payload, self.adapter.length(payload), row.priority, token=row.attempts
+        )
+        item.trace = tracing.parse(row.traceparent)
         if row.deadline_at is not None and row.deadline_at <= utcnow():
             message = "deadline passed before it ran"
             self._store([item], [Outcome("expired", error_code="expired", error_message=message)])
@@ -188,6 +243,23 @@ class ModelExecutor:
         self.batcher.process([item])
         outcome = item.future.result(timeout)  # re-raises a store failure
         return MessageReport(1, 1, 0, {outcome.status: 1})
+
+    def _trace(
+        self, row: crud.Claimed, item: BatchItem, spans: list[tuple[tracing.Span, BatchItem]]
+    ) -> tracing.TraceContext | None:
+        """The request's trace context: its row's, or (recording spans) that of a new span for
+        its handling here, a child of the API's (ended by ``_end_spans``)."""
+        trace = tracing.parse(row.traceparent)
+        if not tracing.enabled():
+            return trace
+        span = tracing.start(
+            f"inferq.request {row.model}",
+            parent=trace,
+            kind=tracing.CONSUMER,
+            attributes={"inferq.prediction_id": row.id, "inferq.model_version": row.model_version},
+        )
+        spans.append((span, item))
+        return span.context
 
     def _prepare(self, inputs: list[dict], ids: list[str]) -> dict[str, object]:  # type: ignore[type-arg]
         """Tokenise / tensorise in one call; an input that breaks it fails alone."""
@@ -214,6 +286,29 @@ class ModelExecutor:
             return out
 
 
+def _end_spans(spans: Sequence[tuple[tracing.Span, BatchItem]]) -> None:
+    for span, item in spans:
+        f = item.future
+        if not f.done() or f.exception() is not None:
+            span.fail("not stored")
+        else:
+            outcome = f.result()
+            span.set("inferq.status", outcome.status)
+            span.set("inferq.batch_size", outcome.batch_size)
+            if outcome.status == "failed":
+                span.fail(outcome.error_code or "failed")
+        span.end()
+
+
+class VersionNotHere(Exception):
+    """This host lacks the model version some claimed requests are pinned to; they were put
+    back (queued, their claim undone) for a worker that has it."""
+
+    def __init__(self, model: str, version: str, count: int) -> None:
+        super().__init__(f"{count} requests of {model}:{version}: not on this host")
+        self.model, self.version, self.count = model, version, count
+
+
 class ExecutorPool:
     """The executors of one worker process, built lazily, one per model version."""
 
@@ -235,7 +330,10 @@ class ExecutorPool:
         self._executors: dict[tuple[str, str], ModelExecutor] = {}
 
     def get(self, name: str, version: str | None = None) -> ModelExecutor:
-        entry = self.registry.get(name, version)
+        """The executor of ``name`` (``version``, or the served one); a version this host does
+        not have yet is looked for again (``Registry.find``: reload, pull from
+        ``models_source``) before ``UnknownModel``."""
+        entry = self.registry.find(name, version, source=self.settings.models_source)
         key = (name, entry.manifest.version)
         with self._lock:
             ex = self._executors.get(key)
@@ -263,16 +361,48 @@ class ExecutorPool:
         those whose worker was lost run alone, one at a time (``run_lost``)."""
         lease = timedelta(seconds=self.settings.lease_seconds)
         with one_statement(self.sessions) as conn:  # one UPDATE: its own transaction
-            rows = crud.claim(session=conn, ids=ids, lease=lease)
+            rows = crud.claim(session=conn, ids=ids, model=model, lease=lease)
         by_version: dict[str, list[crud.Claimed]] = {}
         for r in rows:
-            if r.model == model:
-                by_version.setdefault(r.model_version, []).append(r)
-        reports = [self.get(model, v).run_rows(vrows) for v, vrows in by_version.items()]
+            by_version.setdefault(r.model_version, []).append(r)
+        reports, missing = [], []
+        for v, vrows in by_version.items():
+            try:
+                ex = self.get(model, v)
+            except UnknownModel as exc:
+                missing.append((v, vrows, exc))
+                continue
+            reports.append(ex.run_rows(vrows))
+        back = [(v, self._not_here(model, vrows, unknown)) for v, vrows, unknown in missing]
+        if any(n for _, n in back):
+            versions = ", ".join(v for v, n in back if n)
+            raise VersionNotHere(model, versions, sum(n for _, n in back))
         if len(rows) < len(ids):
             claimed = {r.id for r in rows}
             reports += self.run_lost(model, [i for i in ids if i not in claimed])
         return reports
+
+    def _not_here(self, model: str, rows: Sequence[crud.Claimed], exc: UnknownModel) -> int:
+        """Rows of a version this host lacks: put back for a worker that has it (this one too,
+        once it is pulled) while they may wait (``model_wait_seconds``), then failed with the
+        registry's message. Returns how many were put back."""
+        now = utcnow()
+        wait = timedelta(seconds=self.settings.model_wait_seconds)
+        young = [r for r in rows if r.created_at is not None and now - r.created_at < wait]
+        old = [r for r in rows if r not in young]
+        if old:
+            results = [
+                crud.ResultRow(
+                    r.id, "failed", error_code=exc.code, error_message=exc.message, claim=r.attempts
+                )
+                for r in old
+            ]
+            store_results(self.sessions, results, self.write_hooks, self.after_commit)
+            metrics.ended(model, "failed", exc.code, len(old))
+        if not young:
+            return 0
+        with session_scope(self.sessions) as s:
+            return crud.unclaim(session=s, rows=young)
 
     def run_lost(self, model: str, ids: Sequence[str]) -> list[MessageReport]:
         """Run those of ``ids`` whose worker was lost, each claimed and run alone while this
@@ -287,9 +417,9 @@ class ExecutorPool:
             with poison.ISOLATION:
                 with one_statement(self.sessions) as conn:
                     row = crud.claim_lost(
-                        session=conn, prediction_id=pid, lease=lease, max_attempts=most
+                        session=conn, prediction_id=pid, model=model, lease=lease, max_attempts=most
                     )
-                if row is not None and row.model == model:
+                if row is not None:
                     reports.append(self.get(model, row.model_version).run_alone(row))
         if lost:
             log.info("ran rows of a lost worker alone", extra={"model": model, "count": len(lost)})

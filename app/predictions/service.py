@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics, retention
+from app import metrics, retention, tracing
 from app.db import predictions as crud
 from app.db.base import new_id, utcnow
 from app.db.engine import session_scope
@@ -54,6 +54,8 @@ class Submission:
     model_version: str | None = None
     ttl_s: float | None = None
     """How long to keep the predictions (capped by ``max_ttl``); None: the tenant's retention."""
+    traceparent: str | None = None
+    """The W3C trace context its rows carry (``app.tracing``); None: the current one."""
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def request_hash(self) -> str:
@@ -101,6 +103,7 @@ def prepare(
     deadline = None if sub.deadline_s is None else now + timedelta(seconds=sub.deadline_s)
     expiry = retention.expires_at(settings, retention.Kind.predictions, sub.tenant, now, sub.ttl_s)
     req_hash = sub.request_hash() if sub.idempotency_key else None
+    trace = sub.traceparent or tracing.current_header()
     sub.rows = [
         {
             "id": new_id("pred"),
@@ -119,6 +122,7 @@ def prepare(
             "published_at": now,
             "attempts": 0,
             "expires_at": expiry,
+            "traceparent": trace,
         }
         for i, value in enumerate(normalised)
     ]
@@ -203,13 +207,19 @@ def publish_rows(
 ) -> None:
     """Publish stored rows, one message per (model, priority) chunk; failures are left to the sweeper."""
     groups: dict[tuple[str, int], list[str]] = {}
+    traces: dict[tuple[str, int], str | None] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["priority"]), []).append(r["id"])
-    for (model, priority), ids in groups.items():
+        key = (r["model"], r["priority"])
+        groups.setdefault(key, []).append(r["id"])
+        traces.setdefault(key, r.get("traceparent"))
+    for key, ids in groups.items():
+        model, priority = key
         for start in range(0, len(ids), chunk):
             part = ids[start : start + chunk]
             try:
-                publisher.publish(model, part, priority)
+                # The message carries its first request's trace (each row carries its own).
+                with tracing.use(tracing.parse(traces[key])):
+                    publisher.publish(model, part, priority)
             except Exception as exc:
                 log.warning(
                     "publish failed; the sweeper will publish again",

@@ -54,20 +54,30 @@ def sweep_predictions(
     settings: Settings,
     write_hooks: Sequence[WriteHook] = (),
     after_commit: Sequence[AfterCommit] = (),
+    lost_before: datetime | None = None,
 ) -> SweepReport:
     """End poison inputs, then publish again what may have lost its message (see the module).
-    ``write_hooks`` and ``after_commit`` are the workers' (webhooks, integrations)."""
+    ``write_hooks`` and ``after_commit`` are the workers' (webhooks, integrations).
+
+    ``lost_before``: the broker lost every message it held (it restarted without keeping them:
+    ``app.requeue.BrokerWatch`` found out at that time), so every live request published
+    before then and not held by a live worker is published again now, whatever the requeue
+    time and the queue's depth say."""
     failed = fail_poison(
         sessions=sessions, settings=settings, write_hooks=write_hooks, after_commit=after_commit
     )
     now = utcnow()
     requeue_after = timedelta(seconds=settings.requeue_after_seconds)
+    requeue_before = now - requeue_after if lost_before is None else lost_before
     with session_scope(sessions) as s:
-        stale = sweeps.stale(session=s, now=now, requeue_before=now - requeue_after)
-    chosen = _choose(sessions, publisher, stale, now=now, requeue_after=requeue_after)
+        stale = sweeps.stale(session=s, now=now, requeue_before=requeue_before)
+    if lost_before is None:
+        chosen = _choose(sessions, publisher, stale, now=now, requeue_after=requeue_after)
+    else:
+        chosen = [row.id for row in stale]
     with session_scope(sessions) as s:
         taken = sweeps.take_for_publish(
-            session=s, ids=chosen, now=now, requeue_before=now - requeue_after
+            session=s, ids=chosen, now=now, requeue_before=requeue_before
         )
     _publish(sessions, publisher, taken)
     metrics.swept(stale, taken)

@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import __version__
+from app import __version__, tracing
 from app.db import schedules as crud
 from app.db.base import utcnow
 from app.db.engine import session_scope
@@ -98,7 +98,8 @@ def tick(t: Ticker, *, now: datetime | None = None) -> TickReport:
             run = crud.claim_run(session=s, now=utcnow())
         if run is None:
             break
-        execute(t, run.id)
+        with tracing.span("inferq.schedule_run", root=True, attributes={"inferq.run": run.id}):
+            execute(t, run.id)  # one trace per run: its logs, its job's messages and webhook
         report.ran += 1
     report.sinks = write_sinks(t)
     return report

@@ -65,7 +65,9 @@ def test_submit_and_claim_are_not_blocked_while_a_large_purge_runs(
         service.store_and_publish([sub], sessions=pg_sessions, publisher=NoBroker())
         (pid,) = [r["id"] for r in sub.rows]
         with session_scope(pg_sessions) as s:
-            (claimed,) = crud.claim(session=s, ids=[pid], lease=timedelta(seconds=30))
+            (claimed,) = crud.claim(
+                session=s, model="churn-risk", ids=[pid], lease=timedelta(seconds=30)
+            )
             crud.write_results(
                 session=s, results=[crud.ResultRow(claimed.id, "succeeded", {"risk": 0.1})]
             )

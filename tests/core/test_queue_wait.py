@@ -67,6 +67,6 @@ def test_the_executor_tells_the_batcher_how_long_each_request_waited(
 def test_claim_returns_when_each_request_was_accepted(pg_sessions: sessionmaker[Session]) -> None:
     (pid,) = add(pg_sessions, [7.0])
     with pg_sessions.begin() as s:
-        (row,) = crud.claim(session=s, ids=[pid], lease=timedelta(seconds=30))
+        (row,) = crud.claim(session=s, model="churn-risk", ids=[pid], lease=timedelta(seconds=30))
     assert row.created_at is not None
     assert 6.5 <= (utcnow() - row.created_at).total_seconds() < 60

@@ -50,12 +50,12 @@ def test_claims_are_exclusive_until_the_lease_runs_out(store: sessionmaker[Sessi
     ids = add(store, 4)
     with store.begin() as s:
         assert {
-            p.id for p in crud.claim(session=s, ids=ids[:2], lease=timedelta(seconds=60))
+            p.id for p in crud.claim(session=s, model="m", ids=ids[:2], lease=timedelta(seconds=60))
         } == set(ids[:2])
     with store.begin() as s:
-        assert {p.id for p in crud.claim(session=s, ids=ids, lease=timedelta(seconds=60))} == set(
-            ids[2:]
-        )
+        assert {
+            p.id for p in crud.claim(session=s, model="m", ids=ids, lease=timedelta(seconds=60))
+        } == set(ids[2:])
     with store.begin() as s:  # a lease that ran out may be taken over, alone
         s.execute(
             Prediction.__table__.update()
@@ -64,11 +64,37 @@ def test_claims_are_exclusive_until_the_lease_runs_out(store: sessionmaker[Sessi
         )
     lease = timedelta(seconds=60)
     with store.begin() as s:
-        assert crud.claim(session=s, ids=ids, lease=lease) == []
+        assert crud.claim(session=s, model="m", ids=ids, lease=lease) == []
         assert crud.lost_ids(session=s, ids=ids, max_attempts=3) == [ids[0]]
-        taken = crud.claim_lost(session=s, prediction_id=ids[0], lease=lease, max_attempts=3)
+        taken = crud.claim_lost(
+            session=s, model="m", prediction_id=ids[0], lease=lease, max_attempts=3
+        )
         assert taken is not None and taken.id == ids[0]
-        assert crud.claim_lost(session=s, prediction_id=ids[0], lease=lease, max_attempts=3) is None
+        assert (
+            crud.claim_lost(session=s, model="m", prediction_id=ids[0], lease=lease, max_attempts=3)
+            is None
+        )
+
+
+def test_a_claim_takes_only_rows_of_its_model(store: sessionmaker[Session]) -> None:
+    """A message on the wrong queue (or naming another model's ids) takes nothing: the rows
+    stay queued for their own model's workers instead of running nowhere until the lease ends."""
+    ids = add(store, 2)
+    lease = timedelta(seconds=60)
+    with store.begin() as s:
+        assert crud.claim(session=s, model="other", ids=ids, lease=lease) == []
+        assert {p.id for p in crud.claim(session=s, model="m", ids=ids, lease=lease)} == set(ids)
+        s.execute(
+            Prediction.__table__.update()
+            .where(Prediction.id == ids[0])
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    with store.begin() as s:
+        kw = {"prediction_id": ids[0], "lease": lease, "max_attempts": 3}
+        assert crud.claim_lost(session=s, model="other", **kw) is None  # type: ignore[arg-type]
+        assert crud.claim_lost(session=s, model="m", **kw) is not None  # type: ignore[arg-type]
+    with store() as s:
+        assert {p.status for p in s.scalars(select(Prediction))} == {"running"}
 
 
 def test_cancelled_rows_are_never_claimed_or_overwritten(
@@ -79,7 +105,7 @@ def test_cancelled_rows_are_never_claimed_or_overwritten(
         assert crud.cancel_prediction(session=s, tenant="t", prediction_id=pid)
         assert not crud.cancel_prediction(session=s, tenant="other", prediction_id=pid)
     with store.begin() as s:
-        assert crud.claim(session=s, ids=[pid], lease=timedelta(seconds=5)) == []
+        assert crud.claim(session=s, model="m", ids=[pid], lease=timedelta(seconds=5)) == []
         assert crud.write_results(session=s, results=[crud.ResultRow(pid, "succeeded", {})]) == []
     with store() as s:
         assert s.get(Prediction, pid).status == "cancelled"  # type: ignore[union-attr]
@@ -108,3 +134,35 @@ def test_sweeper_finds_unpublished_stale_and_orphaned(store: sessionmaker[Sessio
         }
     assert found == {*unpublished, *old, *orphan}
     assert not found & {*fresh, *held, *again}
+
+
+def test_a_late_write_under_a_lost_claim_is_refused(store: sessionmaker[Session]) -> None:
+    """The fence: worker A's lease ran out and B claimed the row again; A's result, written
+    under its old claim, lands nowhere; B's lands; a write without a claim (a request failed
+    before it ran) still lands while the row is live."""
+    a_id, other = add(store, 2)
+    lease = timedelta(seconds=60)
+    with store.begin() as s:
+        (a,) = crud.claim(session=s, model="m", ids=[a_id], lease=lease)
+        s.execute(
+            Prediction.__table__.update()
+            .where(Prediction.id == a_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    with store.begin() as s:
+        b = crud.claim_lost(session=s, model="m", prediction_id=a_id, lease=lease, max_attempts=3)
+    assert b is not None and (a.attempts, b.attempts) == (1, 2)
+    late = crud.ResultRow(a_id, "succeeded", {"by": "a"}, claim=a.attempts)
+    with store.begin() as s:
+        assert crud.write_results(session=s, results=[late]) == []
+    with store() as s:
+        assert s.get(Prediction, a_id).status == "running"  # type: ignore[union-attr]
+    mine = crud.ResultRow(a_id, "succeeded", {"by": "b"}, claim=b.attempts)
+    with store.begin() as s:
+        assert [w.id for w in crud.write_results(session=s, results=[mine, late])] == [a_id]
+    with store.begin() as s:  # and A, later still, changes nothing
+        assert crud.write_results(session=s, results=[late]) == []
+        unclaimed = crud.ResultRow(other, "failed", error_code="unknown_model", error_message="x")
+        assert [w.id for w in crud.write_results(session=s, results=[unclaimed])] == [other]
+    with store() as s:
+        assert s.get(Prediction, a_id).output == {"by": "b"}  # type: ignore[union-attr]

@@ -69,7 +69,8 @@ def test_a_10000_line_jsonl_job_with_bad_lines(
         )
         assert r.status_code == 202, r.text
         accepted = r.json()
-        assert accepted["status"] == "queued" and accepted["model"] == "churn-risk"
+        # a quick worker may have started it before the answer was rendered
+        assert accepted["status"] in ("queued", "running") and accepted["model"] == "churn-risk"
         assert r.headers["location"] == f"/v1/jobs/{accepted['id']}"
         body = wait_final(c, accepted["id"])
         assert body["status"] == "succeeded", body
