@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -100,8 +101,8 @@ def keep_synced(engine: Any, every_s: float = RESYNC_S) -> None:
             return
 
         def loop() -> None:
-            stop = threading.Event()
-            while not stop.wait(every_s):
+            while True:
+                time.sleep(every_s)
                 try:
                     sync(engine)
                 except Exception as exc:

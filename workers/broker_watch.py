@@ -27,6 +27,7 @@ from app.db.base import utcnow
 from app.db.engine import session_scope
 from app.requeue import BrokerWatch
 from app.settings import Settings
+from workers.context import ready_messages
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,14 @@ class KombuEpoch:
 
     def epoch_present(self) -> bool | None:
         try:
-            channel = self._connection().default_channel
-            ok = channel.queue_declare(queue=self.queue.name, passive=True)
-            return int(ok.message_count) > 0
-        except Exception as exc:
-            self._reset()  # AMQP closes the channel on a 404; anything else: reconnect
-            if str(getattr(exc, "reply_code", "")) == "404":
-                return False  # no such queue: a broker that never had it, or lost it
+            conn = self._connection()
+            ready = ready_messages(conn.default_channel, self.queue.name)
+        except Exception:
+            self._reset()  # the broker does not answer: reconnect at the next check
             return None
+        if not ready:
+            self._reset()  # an AMQP 404 (no such queue: never had it, or lost it) closed it
+        return ready > 0
 
     def put_epoch(self) -> None:
         try:

@@ -52,6 +52,18 @@ def message_trace(request: Any) -> tracing.TraceContext | None:
     return tracing.parse(header) if isinstance(header, str) else None
 
 
+def ready_messages(channel: Any, queue: str) -> int:
+    """Ready messages on ``queue`` by a passive declare (Redis: the list's length, RabbitMQ:
+    the queue's message count); 0 when there is no such queue (Redis drops an empty list).
+    Other errors are raised (an AMQP channel is closed by the 404 too)."""
+    try:
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception as exc:
+        if str(getattr(exc, "reply_code", "")) == "404":
+            return 0
+        raise
+
+
 class CeleryPublisher:
     """``app.predictions.service.Publisher`` on Celery: one ``inferq.predict`` message per call."""
 
@@ -78,13 +90,8 @@ class CeleryPublisher:
         queue's message count); None when the broker cannot say."""
         try:
             with self.celery.connection_for_write() as conn:
-                ok = conn.default_channel.queue_declare(
-                    queue=queue_name(self.settings, model), passive=True
-                )
-                return int(ok.message_count)
+                return ready_messages(conn.default_channel, queue_name(self.settings, model))
         except Exception as exc:
-            if str(getattr(exc, "reply_code", "")) == "404":
-                return 0  # no such queue (Redis drops an empty list): nothing waits on it
             log.warning("queue depth unknown", extra={"model": model, "error": repr(exc)})
             return None
 

@@ -9,8 +9,6 @@ import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +16,7 @@ import httpx
 import orjson
 
 from app.client.models import ApiError
+from app.integrations.base import retry_after_header as retry_after
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_WAIT_S = 30.0
@@ -49,22 +48,6 @@ class Retries:
 
 
 NO_RETRIES = Retries(max_retries=0)
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """The ``Retry-After`` header in seconds (a number or an HTTP date), if any."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def error_of(response: httpx.Response) -> ApiError:

@@ -9,11 +9,10 @@ import time
 import pytest
 import redis
 from kombu import Connection
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Prediction
 from tests.conftest import StackFactory
+from tests.e2e.test_faults import counts
 from tests.support.procs import start_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -42,13 +41,6 @@ def sample(url: str, queue: str, seconds: float) -> list[int]:
         out.append(depth(url, queue))
         time.sleep(0.25)
     return out
-
-
-def counts(sessions: sessionmaker[Session]) -> dict[str, int]:
-    with sessions() as s:
-        return dict(
-            s.execute(select(Prediction.status, func.count()).group_by(Prediction.status)).all()
-        )
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
