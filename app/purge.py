@@ -6,7 +6,20 @@ or running one never is, nor a pending delivery. Each batch is one ``DELETE … 
 nobody else works on (and skips any that someone holds), so submissions, claims and result
 writes go on undisturbed while it runs. Children go before their parents, so nothing relies on
 a cascade (SQLite enforces none): a job's chunks before the job, a delivery's attempts before
-the delivery, and an event only once no delivery refers to it any more.
+the delivery, an event only once no delivery refers to it any more, and a file's parts before
+the file.
+
+Files and batches (the OpenAI-compatible API, ``app.openai_compat``) refer to each other by id,
+without foreign keys: a batch names its ``input_file_id`` (an upload, which several batches may
+share) and, once final, its ``output_file_id`` and ``error_file_id`` (rendered files, whose
+``batch_id`` names the batch back and whose expiry is the batch's). A batch is purged once it is
+final (not ``in_progress``, ``cancelling`` or ``expiring``) and past its ``expires_at``. A file
+is purged once it is past its own ``expires_at`` *and* no batch that is still kept (live, or
+final and not yet past its expiry) refers to it in any of those columns, nor is named by its
+``batch_id``: so a live batch's input file stays, however short its upload's
+``expires_after``, until that batch has expired too (an expired file answers 404 to its readers
+all the same). Batches never wait for files: what a kept batch needs is never purged, and a
+file whose batch is gone goes at the same run or the next.
 
 The tables take turns, one batch each, until each is done or the time budget is spent; what is
 left waits for the next run (``inferq.purge`` on beat, or ``inferq purge``).
@@ -27,7 +40,9 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql import Executable
 
 from app.db.base import utcnow
+from app.db.batches import LIVE_BATCH_STATES, Batch
 from app.db.deliveries import Delivery, DeliveryAttempt, DeliveryStatus
+from app.db.files import File, FilePart
 from app.db.integrations import IntegrationEvent
 from app.db.jobs import LIVE_JOB_STATUSES, Job, JobChunk
 from app.db.models import FINAL_STATUSES, Prediction
@@ -37,7 +52,8 @@ log = logging.getLogger(__name__)
 
 FINAL_DELIVERY = (DeliveryStatus.DELIVERED.value, DeliveryStatus.DEAD.value)
 CHUNK_SHARE = 10
-"""Job chunks hold the inputs and results (megabytes each): a tenth of a batch at a time."""
+"""Job chunks hold the inputs and results (megabytes each), file parts a mebibyte of an upload
+each: a tenth of a batch at a time."""
 
 
 @dataclass(slots=True)
@@ -75,6 +91,24 @@ def _delivery_expired(d: type[Delivery], now: datetime) -> ColumnElement[bool]:
 
 def _event_expired(e: type[IntegrationEvent], now: datetime) -> ColumnElement[bool]:
     return (e.expires_at < now) & (e.status != "queued")
+
+
+def _batch_expired(b: type[Batch], now: datetime) -> ColumnElement[bool]:
+    return (b.expires_at < now) & b.status.not_in(LIVE_BATCH_STATES)
+
+
+def _file_expired(f: type[File], now: datetime) -> ColumnElement[bool]:
+    """Past its expiry, and no kept batch refers to it (one anti-join per reference, each on
+    one equality, so Postgres can hash them)."""
+    b = aliased(Batch)
+    kept = ~_batch_expired(b, now)
+    return (
+        (f.expires_at < now)
+        & ~exists().where(b.input_file_id == f.id, kept)
+        & ~exists().where(b.output_file_id == f.id, kept)
+        & ~exists().where(b.error_file_id == f.id, kept)
+        & ~exists().where(b.id == f.batch_id, kept)
+    )
 
 
 # --- one batch per table ----------------------------------------------------------------------
@@ -148,6 +182,38 @@ def _events(now: datetime, n: int) -> Executable:
     return sql_delete(IntegrationEvent).where(IntegrationEvent.id.in_(ids))
 
 
+def _parts(now: datetime, n: int) -> Executable:
+    keys = (
+        select(FilePart.file_id, FilePart.seq)
+        .join(File, File.id == FilePart.file_id)
+        .where(_file_expired(File, now))
+        .limit(max(1, n // CHUNK_SHARE))
+        .with_for_update(skip_locked=True, of=FilePart)
+    )
+    return sql_delete(FilePart).where(tuple_(FilePart.file_id, FilePart.seq).in_(keys))
+
+
+def _files(now: datetime, n: int) -> Executable:
+    f = aliased(File)
+    ids = (
+        select(f.id)
+        .where(_file_expired(f, now), ~exists().where(FilePart.file_id == f.id))
+        .limit(n)
+        .with_for_update(skip_locked=True)
+    )
+    return sql_delete(File).where(File.id.in_(ids))
+
+
+def _batches(now: datetime, n: int) -> Executable:
+    ids = (
+        select(Batch.id)
+        .where(_batch_expired(Batch, now))
+        .limit(n)
+        .with_for_update(skip_locked=True)
+    )
+    return sql_delete(Batch).where(Batch.id.in_(ids))
+
+
 # --- what a dry run counts ----------------------------------------------------------------------
 
 
@@ -171,6 +237,12 @@ def _counts(now: datetime) -> dict[str, Executable]:
         "integration_events": select(n).where(
             _event_expired(IntegrationEvent, now), ~live_delivery
         ),
+        "file_parts": select(n)
+        .select_from(FilePart)
+        .join(File, File.id == FilePart.file_id)
+        .where(_file_expired(File, now)),
+        "files": select(n).select_from(File).where(_file_expired(File, now)),
+        "batches": select(n).select_from(Batch).where(_batch_expired(Batch, now)),
     }
 
 
@@ -192,6 +264,9 @@ def _steps(batch_rows: int) -> list[_Step]:
         _Step("jobs", _jobs, after="job_chunks", size=batch_rows),
         _Step("predictions", _predictions, size=batch_rows),
         _Step("integration_events", _events, after="deliveries", size=batch_rows),
+        _Step("file_parts", _parts, size=max(1, batch_rows // CHUNK_SHARE)),
+        _Step("files", _files, after="file_parts", size=batch_rows),
+        _Step("batches", _batches, size=batch_rows),
     ]
 
 

@@ -14,7 +14,7 @@ def purge(
         bool, typer.Option("--dry-run", help="Only count what would be deleted.")
     ] = False,
 ) -> None:
-    """Delete final objects past their expiry (predictions, jobs, deliveries, events)."""
+    """Delete final objects past their expiry (predictions, jobs, deliveries, events, files, batches)."""
     from app.db.engine import make_engine
     from app.purge import purge as run
 

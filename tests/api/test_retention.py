@@ -1,6 +1,7 @@
 """Retention through the API (in this process, real Postgres): ``expires_at`` on predictions,
 jobs and deliveries, ``ttl_s`` per request within the (per-tenant) cap, and a clean 404 that
-says how long things are kept once an object is expired, before the purge and after it."""
+says how long things are kept once an object is expired, before the purge and after it (files
+and batches of the OpenAI-compatible API too, in OpenAI's words)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
+from app.db.batches import Batch
 from app.db.engine import session_scope
+from app.db.files import File, FilePart
 from app.db.jobs import Job, JobChunk
 from app.db.models import Prediction
 from app.delivery import outbox
+from app.openai_compat import files
 from app.purge import purge
 from app.settings import Settings, build_settings
 
@@ -240,3 +244,69 @@ def test_an_expired_delivery_is_a_404_is_not_listed_and_cannot_be_replayed(
     listed = api.get("/v1/deliveries", headers=A).json()["deliveries"]
     assert {d["id"]: d["expires_at"] for d in listed}.keys() == {pending, dead}
     assert next(d for d in listed if d["id"] == pending)["expires_at"] is None
+
+
+def _upload(api: TestClient, content: bytes) -> str:
+    body, ctype = _multipart([("purpose", b"batch", None), ("file", content, "in.jsonl")])
+    up = api.post("/v1/files", content=body, headers={**A, "Content-Type": ctype})
+    assert up.status_code == 200, up.text
+    return str(up.json()["id"])
+
+
+def _batch(bid: str, status: str, input_id: str, **columns: Any) -> Batch:
+    now = utcnow()
+    return Batch(
+        id=bid, tenant="tenant-a", status=status, input_file_id=input_id,
+        endpoint="/v1/embeddings", completion_window="24h", plan=b"", times={},
+        created_at=now, window_ends_at=now + timedelta(days=1), expires_at=now + WEEK,
+        **columns,
+    )  # fmt: skip
+
+
+def test_expired_files_and_batches_are_a_404_before_and_after_the_purge(
+    api: TestClient, pg_sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    upload = _upload(api, b'{"custom_id": "a"}\n')
+    live_input = _upload(api, b'{"custom_id": "b"}\n')
+    now = utcnow()
+    with session_scope(pg_sessions) as s:
+        s.add(_batch("batch_done", "completed", upload, output_file_id="file-out"))
+        files.add_rendered(session=s, file_id="file-out", tenant="tenant-a",
+                           batch_id="batch_done", filename="batch_done_output.jsonl", lines=0,
+                           expires_at=now + WEEK)  # fmt: skip
+        s.add(Job(id="job_b", tenant="tenant-a", model="minilm-embed", model_version="1",
+                  status="queued", input_format="jsonl", created_at=now, updated_at=now,
+                  expires_at=now + WEEK))  # fmt: skip
+        s.add(_batch("batch_live", "in_progress", live_input, job_id="job_b"))
+    for fid in (upload, "file-out", live_input):
+        assert api.get(f"/v1/files/{fid}", headers=A).status_code == 200
+        assert api.get(f"/v1/files/{fid}/content", headers=A).status_code == 200
+    assert api.get("/v1/batches/batch_done", headers=A).json()["status"] == "completed"
+
+    with session_scope(pg_sessions) as s:
+        s.execute(update(File).values(expires_at=PAST))
+        s.execute(update(Batch).values(expires_at=PAST))
+    unknown = error(api.get("/v1/files/file-nope", headers=A), 404, "file_not_found")
+    assert unknown == "No such File object: file-nope"
+    for when in ("before", "after"):
+        for fid in (upload, "file-out", live_input):  # an expired file reads as gone ...
+            msg = error(api.get(f"/v1/files/{fid}", headers=A), 404, "file_not_found")
+            assert msg == f"No such File object: {fid}", when  # the words of an unknown id
+            error(api.get(f"/v1/files/{fid}/content", headers=A), 404, "file_not_found")
+        msg = error(api.get("/v1/batches/batch_done", headers=A), 404, "batch_not_found")
+        assert msg == "No such Batch object: batch_done", when
+        error(api.post("/v1/batches/batch_done/cancel", headers=A), 404, "batch_not_found")
+        listed = api.get("/v1/batches", headers=A).json()["data"]
+        assert [b["id"] for b in listed] == ["batch_live"], when
+        # ... and a live batch past its expiry is kept, and shown, until it is final
+        live = api.get("/v1/batches/batch_live", headers=A)
+        assert live.status_code == 200 and live.json()["status"] == "in_progress", when
+        error(api.get("/v1/batches/batch_live", headers=B), 404, "batch_not_found")
+        if when == "before":
+            report = purge(engine=pg_sessions.kw["bind"], settings=settings)
+            deleted = {t: report.deleted[t] for t in ("file_parts", "files", "batches")}
+            assert deleted == {"file_parts": 1, "files": 2, "batches": 1}
+    with pg_sessions() as s:  # the live batch's input file stays, with its content
+        assert s.get(File, upload) is None and s.get(File, "file-out") is None
+        assert s.get(File, live_input) is not None and s.get(Batch, "batch_live") is not None
+        assert s.scalar(select(func.count()).where(FilePart.file_id == live_input)) == 1

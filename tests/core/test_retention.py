@@ -1,6 +1,7 @@
 """Retention: the policy (per kind, per tenant, per request, capped), the purge on Postgres and
-on SQLite (what is final and past its expiry goes, children first; nothing live goes), and the
-dispatcher's expiry of a delivery once it is final."""
+on SQLite (what is final and past its expiry goes, children first; nothing live goes; a file
+goes only once no kept batch refers to it), and the dispatcher's expiry of a delivery once it is
+final."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import retention
 from app.db.base import utcnow
+from app.db.batches import Batch
 from app.db.deliveries import Delivery, DeliveryAttempt
 from app.db.engine import make_engine, make_sessionmaker, migrate, session_scope
+from app.db.files import File, FilePart
 from app.db.integrations import Integration, IntegrationEvent
 from app.db.jobs import Job, JobChunk
 from app.db.models import Prediction
@@ -32,7 +35,8 @@ from tests.support.rows import add_queued
 
 NOW = utcnow()
 PAST, FUTURE = NOW - timedelta(hours=1), NOW + timedelta(days=1)
-TABLES = (Prediction, Job, JobChunk, Delivery, DeliveryAttempt, IntegrationEvent)
+TABLES = (Prediction, Job, JobChunk, Delivery, DeliveryAttempt, IntegrationEvent, File, FilePart,
+          Batch)  # fmt: skip
 
 
 # --- the policy ----------------------------------------------------------------------------
@@ -153,7 +157,52 @@ def _fill(sessions: sessionmaker[Session]) -> dict[str, Any]:
         for did, n in (("d_gone", 2), ("d_dead", 3), ("d_pending", 1), ("d_kept", 1)):
             for i in range(n):
                 s.add(DeliveryAttempt(delivery_id=did, attempt=i + 1, duration_ms=1.0))
+    _fill_files(sessions)
     return ids
+
+
+def _fill_files(sessions: sessionmaker[Session]) -> None:
+    """Files and batches: expired uploads beside the input files of live or kept batches."""
+    with session_scope(sessions) as s:
+        for fid, exp, parts, batch_id in (
+            ("f_gone", PAST, 3, None),  # no batch refers to it
+            ("f_old_input", PAST, 1, None),  # the input of two expired batches
+            ("f_live_input", PAST, 2, None),  # the input of a live batch
+            ("f_kept_input", PAST, 1, None),  # the input of a final batch not yet expired
+            ("f_fresh", FUTURE, 1, None),
+            ("f_out_gone", PAST, 0, "b_gone"),  # rendered: they have no parts
+            ("f_out_kept", FUTURE, 0, "b_kept"),
+            ("f_err_kept", PAST, 0, "b_kept"),  # past its expiry, but its batch is kept
+        ):
+            s.add(_file(fid, exp, batch_id))
+            s.flush()
+            for seq in range(parts):
+                s.add(FilePart(file_id=fid, seq=seq, data=b"{}\n"))
+        for bid, status, exp, refs in (
+            ("b_gone", "completed", PAST, ("f_old_input", "f_out_gone", None)),
+            ("b_window", "expired", PAST, ("f_old_input", None, None)),  # OpenAI's final state
+            ("b_live", "in_progress", PAST, ("f_live_input", None, None)),
+            ("b_kept", "completed", FUTURE, ("f_kept_input", "f_out_kept", "f_err_kept")),
+        ):
+            s.add(_batch(bid, status, exp, *refs))
+
+
+def _file(fid: str, expires: Any, batch_id: str | None = None) -> File:
+    return File(
+        id=fid, tenant="t", purpose="batch" if batch_id is None else "batch_output",
+        filename=f"{fid}.jsonl", bytes=3, lines=1, batch_id=batch_id, created_at=NOW,
+        expires_at=expires,
+    )  # fmt: skip
+
+
+def _batch(
+    bid: str, status: str, expires: Any, input_id: str, out: str | None, err: str | None
+) -> Batch:
+    return Batch(
+        id=bid, tenant="t", status=status, job_id=None, input_file_id=input_id,
+        endpoint="/v1/embeddings", completion_window="24h", plan=b"", output_file_id=out,
+        error_file_id=err, times={}, created_at=NOW, window_ends_at=NOW, expires_at=expires,
+    )  # fmt: skip
 
 
 def _job(jid: str, status: str, expires: Any) -> Job:
@@ -185,6 +234,9 @@ EXPECTED = {
     "jobs": 1,
     "predictions": 3,
     "integration_events": 1,
+    "file_parts": 4,
+    "files": 3,
+    "batches": 2,
 }
 
 
@@ -200,7 +252,7 @@ def test_purge_deletes_what_is_final_and_expired_children_first_and_nothing_else
     assert _counts(store) == before
 
     report = purge(engine=engine, settings=settings)
-    assert report.deleted == EXPECTED and report.complete and report.total == 17
+    assert report.deleted == EXPECTED and report.complete and report.total == 26
     after = _counts(store)
     assert {t: before[t] - after[t] for t in before} == EXPECTED
     with store() as s:
@@ -210,21 +262,65 @@ def test_purge_deletes_what_is_final_and_expired_children_first_and_nothing_else
         assert set(s.scalars(select(Delivery.id)).all()) == {"d_pending", "d_kept"}
         assert set(s.scalars(select(IntegrationEvent.id)).all()) == {"ev_waits", "ev_queued"}
         assert s.scalar(select(func.count()).where(JobChunk.job_id == "job_gone")) == 0
+        # an expired file stays while a batch that is live, or final and not yet expired,
+        # names it (as its input, output or error file)
+        assert set(s.scalars(select(File.id)).all()) == {
+            "f_live_input", "f_kept_input", "f_fresh", "f_out_kept", "f_err_kept",
+        }  # fmt: skip
+        parts = s.execute(select(FilePart.file_id, func.count()).group_by(FilePart.file_id))
+        assert {fid: n for fid, n in parts} == {"f_live_input": 2, "f_kept_input": 1, "f_fresh": 1}
+        assert set(s.scalars(select(Batch.id)).all()) == {"b_live", "b_kept"}
     again = purge(engine=engine, settings=settings)
     assert again.total == 0 and again.complete
+
+
+def test_a_live_batchs_expired_input_file_goes_once_the_batch_has_expired(
+    store: sessionmaker[Session],
+) -> None:
+    _fill_files(store)
+    engine = store.kw["bind"]
+    settings = build_settings(purge_batch_rows=2)
+    purge(engine=engine, settings=settings)
+    with store() as s:
+        assert s.get(File, "f_live_input") is not None
+        assert s.scalar(select(func.count()).where(FilePart.file_id == "f_live_input")) == 2
+    with session_scope(store) as s:  # the batch ends; its expiry is still ahead
+        s.get_one(Batch, "b_live").status = "cancelled"
+        s.get_one(Batch, "b_live").expires_at = FUTURE
+    assert purge(engine=engine, settings=settings, dry_run=True).total == 0
+    assert purge(engine=engine, settings=settings).total == 0
+    with session_scope(store) as s:  # now it has expired too: both go, at the same run
+        s.get_one(Batch, "b_live").expires_at = PAST
+    dry = purge(engine=engine, settings=settings, dry_run=True)
+    assert (dry.deleted["file_parts"], dry.deleted["files"], dry.deleted["batches"]) == (2, 1, 1)
+    with store() as s:
+        assert s.get(File, "f_live_input") is not None  # the dry run deleted nothing
+    report = purge(engine=engine, settings=settings)
+    assert (report.deleted["file_parts"], report.deleted["files"]) == (2, 1)
+    assert report.deleted["batches"] == 1 and report.complete
+    with store() as s:
+        assert s.get(File, "f_live_input") is None and s.get(Batch, "b_live") is None
+        assert s.scalar(select(func.count()).where(FilePart.file_id == "f_live_input")) == 0
 
 
 def test_purge_stops_at_its_time_budget_and_the_next_run_finishes(
     pg_sessions: sessionmaker[Session],
 ) -> None:
     add_queued(pg_sessions, "m", [{}] * 7, status="succeeded", expires_at=PAST)
+    with session_scope(pg_sessions) as s:
+        s.add(_file("f_big", PAST))
+        s.flush()
+        s.add_all(FilePart(file_id="f_big", seq=i, data=b"x") for i in range(3))
     engine = pg_sessions.kw["bind"]
     ticks = iter(range(100))
-    settings = build_settings(purge_batch_rows=2, purge_budget_seconds=10)  # two rounds
+    settings = build_settings(purge_batch_rows=2, purge_budget_seconds=10)  # one round
     report = purge(engine=engine, settings=settings, clock=lambda: float(next(ticks)))
     assert not report.complete and 0 < report.deleted["predictions"] < 7
+    assert report.deleted["file_parts"] < 3 and report.deleted["files"] == 0  # parts first
     rest = purge(engine=engine, settings=settings)
     assert rest.complete and report.deleted["predictions"] + rest.deleted["predictions"] == 7
+    assert report.deleted["file_parts"] + rest.deleted["file_parts"] == 3
+    assert rest.deleted["files"] == 1
 
 
 # --- deliveries expire once final ------------------------------------------------------------------
