@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import errors, openapi
 from api.coalesce import Coalescer
 from api.deps import Runtime
+from api.fastpath import InferqAPI
 from api.metrics import HTTP_LATENCY
 from api.responses import JSON
 from api.routes import health, models, predictions
@@ -172,7 +173,7 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
             engine.dispose()
             tracing.shutdown()
 
-    app = FastAPI(
+    app = InferqAPI(
         title="inferq",
         version=__version__,
         description="Queue-driven inference: submit, poll or get a signed webhook.",
@@ -189,6 +190,14 @@ def create_app(settings: Settings | None = None, *, publisher: Any = None) -> Fa
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Tracing)  # outermost: a 413 is in the caller's trace too
+    # the hottest route, past FastAPI's routing and dependency solving (api/fastpath.py)
+    app.serve_directly(
+        predictions.router,
+        "POST",
+        "/v1/predictions",
+        predictions.create_prediction,
+        wrap=lambda inner: Tracing(BodyLimit(Timing(inner), limit=settings.max_body_bytes)),
+    )
     return app
 
 

@@ -101,7 +101,35 @@ def beat() -> None:
     os.execv(argv[0], argv)
 
 
-def api_argv(host: str, port: int, workers: int = 1) -> list[str]:
+HTTP_SERVERS = ("uvicorn", "granian")
+
+
+def api_argv(host: str, port: int, workers: int = 1, *, server: str = "uvicorn") -> list[str]:
+    """The command that serves ``api.main:create_app``: uvicorn (httptools) or granian (its
+    HTTP/1 in Rust; ``workers`` processes share the port either way)."""
+    if server == "granian":
+        return [
+            _bin("granian"),
+            "--interface",
+            "asgi",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--no-ws",
+            "--http",
+            "1",
+            "--workers-kill-timeout",
+            "5",
+            "api.main:create_app",
+        ]
+    if server != "uvicorn":
+        raise ValueError(f"unknown HTTP server {server!r}; choose from {list(HTTP_SERVERS)}")
     return [
         _bin("uvicorn"),
         "api.main:create_app",
