@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Wrap = Callable[[ASGIApp], ASGIApp]
@@ -41,7 +41,7 @@ class InferqAPI(FastAPI):
         be declared on ``router`` (included in this app) too: for the OpenAPI document, the
         metrics label, and the other methods of its path."""
         route = _declared(router, method, path)
-        self._fast[(method, path)] = wrap(_Direct(self, route, endpoint))
+        self._fast[(method, path)] = _ServerErrors(self, wrap(_Direct(self, route, endpoint)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._fast:
@@ -65,6 +65,7 @@ class _Direct:
         scope["route"] = self.route  # the route label of the latency histogram
         request = Request(scope, receive, send)
         try:
+            request._body = await read_body(receive)  # what ``Request.body()`` caches
             response = await self.endpoint(request)
         except Exception as exc:
             handler = _handler_for(self.app, exc)
@@ -72,6 +73,51 @@ class _Direct:
                 raise
             response = await handler(request, exc)
         await response(scope, receive, send)
+
+
+class _ServerErrors:
+    """Outermost, as Starlette's ``ServerErrorMiddleware``: what no handler took (an unexpected
+    error) becomes the application's 500 answer, after the middlewares inside saw it raise."""
+
+    def __init__(self, app: FastAPI, inner: ASGIApp) -> None:
+        self.app = app
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.inner(scope, receive, tracked)
+        except Exception as exc:
+            handlers = self.app.exception_handlers
+            handler: Any = handlers.get(Exception) or handlers.get(500)
+            if started or handler is None:
+                raise
+            response = await handler(Request(scope, receive, send), exc)
+            await response(scope, receive, send)
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (without ``Request.stream``'s async generator per request)."""
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _declared(router: APIRouter, method: str, path: str) -> BaseRoute:
@@ -82,8 +128,13 @@ def _declared(router: APIRouter, method: str, path: str) -> BaseRoute:
 
 
 def _handler_for(app: FastAPI, exc: Exception) -> Any:
-    """The exception handler Starlette would pick: the nearest class in ``exc``'s MRO."""
+    """The exception handler Starlette's ``ExceptionMiddleware`` would pick: the nearest class
+    in ``exc``'s MRO, short of ``Exception`` (that one is ``_ServerErrors``'s, outside the
+    middlewares: an exception a middleware raises through the endpoint, the body limit's,
+    must reach it)."""
     for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
         handler = app.exception_handlers.get(cls)
         if handler is not None:
             return handler

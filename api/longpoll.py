@@ -28,11 +28,14 @@ async def wait_final(
     wait: float,
     *,
     skip_first_read: bool = False,
+    final: Callable[[], T | None] | None = None,
 ) -> T:
     """``load()`` until ``is_final`` or ``wait`` seconds have passed; each read after the first
     waits for the NOTIFY naming ``key`` (or the recheck interval). Subscribed before the first
     read, so a change stored in between is never missed. ``skip_first_read``: the caller knows
-    ``key`` is not final yet (it just submitted it); the wait still ends in a read."""
+    ``key`` is not final yet (it just submitted it); the wait still ends in a read. ``final``:
+    after a NOTIFY, what it brought (``CompletionHub.take_final``), if anything: then that is
+    the answer, with no read."""
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
 
@@ -54,6 +57,8 @@ async def wait_final(
                 if not rt.hub.enabled:
                     interval = min(interval * 1.5, 0.5)
             event.clear()
+            if final is not None and (done := final()) is not None:
+                return done
             value = await load()
     finally:
         rt.hub.unsubscribe(key, wake)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 
 class JSON(JSONResponse):
@@ -14,3 +14,9 @@ class JSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class RawJSON(Response):
+    """A body that is JSON already (a final document from a NOTIFY): sent as it is."""
+
+    media_type = "application/json"

@@ -2,7 +2,9 @@
 
 Workers ``NOTIFY inferq_done, '<id>,<id>,…'`` in the transaction that stores results, and with
 a job's id in the one that ends it; one listener connection per API process fans the ids out to
-whoever waits on them.
+whoever waits on them. A worker's results also carry their final documents (as ``GET`` reads
+them; ``app.db.predictions.notify_done``): a caller waiting on one of them is answered from the
+NOTIFY (``take_final``), with no read back.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+
+import orjson
+
+from app.db.predictions import FINALS_MARK, NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class CompletionHub:
         self.enabled = self.url.startswith("postgresql://")
         self._subs: dict[str, set[Callback]] = {}
         self._expected: OrderedDict[str, str] = OrderedDict()  # id -> tenant
+        self._finals: dict[str, tuple[str, float | None, str]] = {}  # id -> tenant, expiry, doc
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,6 +67,7 @@ class CompletionHub:
                 subs.discard(callback)
                 if not subs:
                     del self._subs[pid]
+                    self._finals.pop(pid, None)
 
     def expect(self, ids: Iterable[str], tenant: str) -> None:
         """``ids`` are about to be stored as queued by this process for ``tenant``."""
@@ -83,15 +91,46 @@ class CompletionHub:
             owner = self._expected.pop(pid, None)
         return owner == tenant and self.connected.is_set()
 
+    def take_final(self, pid: str, tenant: str, now: float | None = None) -> bytes | None:
+        """The final document a NOTIFY brought for ``pid`` (which someone here waits on), if
+        it is ``tenant``'s and not expired (a unix time ``now``); None: read it instead."""
+        with self._lock:
+            final = self._finals.pop(pid, None)
+        if final is None or final[0] != tenant:
+            return None
+        expires = final[1]
+        if expires is not None and expires <= (time.time() if now is None else now):
+            return None
+        return final[2].encode()
+
     def _forget_expected(self) -> None:
         with self._lock:
             self._expected.clear()
 
     def _fire(self, payload: str) -> None:
+        if payload.startswith(FINALS_MARK):
+            self._fire_finals(payload)
+            return
         for pid in payload.split(","):
             with self._lock:
                 self._expected.pop(pid, None)
                 callbacks = list(self._subs.get(pid, ()))
+            for cb in callbacks:
+                cb(pid)
+
+    def _fire_finals(self, payload: str) -> None:
+        for line in payload[len(FINALS_MARK) :].split("\n"):
+            head, _, doc = line.partition("\t")  # JSON escapes tabs: the first one ends the head
+            try:
+                pid, tenant, expires = orjson.loads(head)
+            except (orjson.JSONDecodeError, ValueError, TypeError):
+                log.warning("malformed NOTIFY line ignored", extra={"line": line[:80]})
+                continue
+            with self._lock:
+                self._expected.pop(pid, None)
+                callbacks = list(self._subs.get(pid, ()))
+                if callbacks:
+                    self._finals[pid] = (tenant, expires, doc)
             for cb in callbacks:
                 cb(pid)
 
@@ -102,7 +141,7 @@ class CompletionHub:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=3) as conn:
-                    conn.execute("LISTEN inferq_done")
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.connected.set()
                     delay = 0.5
                     while not self._stop.is_set():

@@ -7,7 +7,10 @@ from typing import Any
 from celery import Celery
 
 from app.settings import Settings, get_settings
+from workers import redis_client
 from workers.beat import retention_entries, schedule_entries
+
+redis_client.install()  # one Redis client per kombu channel (workers/redis_client.py)
 
 
 def queue_name(settings: Settings, model: str) -> str:

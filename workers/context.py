@@ -80,6 +80,9 @@ class CeleryPublisher:
         self.celery.send_task(
             "inferq.predict",
             args=[model, list(ids)],
+            # what Celery logs for the task (else a saferepr of every id, per publish and twice
+            # per task in the worker's log at INFO)
+            argsrepr=f"[{model!r}, <{len(ids)} ids>]",
             queue=queue_name(self.settings, model),
             headers=trace_headers(),
         )

@@ -9,8 +9,10 @@ for all of them, up to ``openai_timeout_seconds``, then is 504 ``timeout``.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -71,7 +73,23 @@ async def create_embeddings(request: Request) -> JSON:
     done = await asyncio.gather(
         *(predictions._wait_final(rt, tenant, r["id"], timeout) for r in rows)
     )
-    return _answer(entry.manifest.name, done, tokens, req.encoding_format, timeout)
+    return _answer(
+        entry.manifest.name, [_final(p) for p in done], tokens, req.encoding_format, timeout
+    )
+
+
+def _final(p: Any) -> Any:
+    """A prediction as ``_answer`` reads it: a row, or the final document a NOTIFY brought."""
+    if not isinstance(p, bytes):
+        return p
+    doc = orjson.loads(p)
+    error = doc.get("error") or {}
+    return SimpleNamespace(
+        status=doc["status"],
+        output=doc.get("output"),
+        error_code=error.get("code"),
+        error_message=error.get("message"),
+    )
 
 
 def _answer(model: str, done: list[Any], tokens: int, fmt: str, timeout: float) -> JSON:

@@ -9,13 +9,14 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from sqlalchemy import bindparam, select
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from api.deps import Runtime, RuntimeDep, TenantDep, get_tenant
 from api.longpoll import MAX_WAIT_S, wait_final
 from api.metrics import SUBMITTED
 from api.openapi import errors, json_body
 from api.public import PredictionAccepted, PredictionPublic, PredictionsAccepted
-from api.responses import JSON
+from api.responses import JSON, RawJSON
 from api.schemas import PredictionCreate
 from app import retention
 from app.db.engine import one_statement
@@ -61,7 +62,7 @@ async def parse_body(request: Request, schema: type[PredictionCreate]) -> Predic
         PredictionCreate, headers={"Idempotency-Key": MAX_HEADER, "Prefer": MAX_HEADER}
     ),
 )
-async def create_prediction(request: Request) -> JSON:
+async def create_prediction(request: Request) -> Response:
     """Queue one input (``input``) or several (``inputs``) for a model.
 
     ``Prefer: wait=<seconds>`` (RFC 7240, at most 30) on a single input holds the answer until
@@ -84,7 +85,7 @@ async def create_prediction(request: Request) -> JSON:
 
 async def _create(
     request: Request, rt: Runtime, tenant: str, idempotency_key: str | None, prefer: str | None
-) -> JSON:
+) -> Response:
     wait = prefer_wait(prefer)
     body = await parse_body(request, PredictionCreate)
     many = body.inputs is not None
@@ -110,6 +111,8 @@ async def _create(
         return JSON(rows[0], status_code=202, headers=headers)
     p = await _wait_final(rt, tenant, pid, wait)
     headers["Preference-Applied"] = f"wait={wait:g}"
+    if isinstance(p, bytes):  # the final document, as the worker's NOTIFY brought it
+        return RawJSON(p, status_code=200, headers=headers)
     final = Status(p.status).is_final
     return JSON(prediction_public(p), status_code=200 if final else 202, headers=headers)
 
@@ -234,16 +237,18 @@ async def get_prediction(
     rt: RuntimeDep,
     tenant: TenantDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
-) -> JSON:
+) -> Response:
     """A prediction's state and result; ``?wait=<s>`` holds the answer until it is final."""
     if wait <= 0:
         return JSON(prediction_public(await _load(rt, tenant, prediction_id)))
-    return JSON(prediction_public(await _wait_final(rt, tenant, prediction_id, wait)))
+    p = await _wait_final(rt, tenant, prediction_id, wait)
+    return RawJSON(p) if isinstance(p, bytes) else JSON(prediction_public(p))
 
 
 async def _wait_final(rt: Runtime, tenant: str, pid: str, wait: float) -> Any:
-    """Read ``pid`` until it is final or ``wait`` seconds have passed. An id this process just
-    submitted and no NOTIFY named since is not read before its NOTIFY (one read, not two)."""
+    """Read ``pid`` until it is final or ``wait`` seconds have passed; or the final document
+    (bytes) a NOTIFY brought. An id this process just submitted and no NOTIFY named since is
+    not read before its NOTIFY (one read, not two; none when the NOTIFY carried it)."""
     return await wait_final(
         rt,
         pid,
@@ -251,6 +256,7 @@ async def _wait_final(rt: Runtime, tenant: str, pid: str, wait: float) -> Any:
         lambda p: Status(p.status).is_final,
         wait,
         skip_first_read=rt.hub.still_pending(pid, tenant),
+        final=lambda: rt.hub.take_final(pid, tenant, service.now().timestamp()),
     )
 
 

@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
+from types import SimpleNamespace
 
+import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import metrics, poison, tracing
@@ -21,6 +23,7 @@ from app.db import predictions as crud
 from app.db.base import utcnow
 from app.db.engine import one_statement, session_scope, while_unavailable
 from app.errors import UnknownModel
+from app.predictions.views import prediction_public
 from app.registry import Registry
 from app.runtime.adapters import Adapter, load_adapter
 from app.settings import Settings
@@ -51,7 +54,28 @@ def store_results(
         write_hooks,
         after_commit,
         retry_s=retry_s,
+        finals=lambda written: final_docs(rows, written),
     )
+
+
+def final_docs(rows: Sequence[crud.ResultRow], written: Sequence[crud.Written]) -> list[crud.Final]:
+    """The public documents of what was just written (as ``GET`` would read them back), for
+    the NOTIFY that wakes their waiting callers; none where the write did not return them."""
+    outputs = {r.id: r.output for r in rows}
+    out = []
+    for w in written:
+        if w.public is None:
+            continue
+        doc = prediction_public(SimpleNamespace(id=w.id, output=outputs.get(w.id), **w.public))
+        out.append(
+            crud.Final(
+                w.id,
+                w.tenant,
+                w.public["expires_at"],
+                orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
+            )
+        )
+    return out
 
 
 def store_final(
@@ -61,17 +85,22 @@ def store_final(
     after_commit: Sequence[AfterCommit],
     *,
     retry_s: float = 0.0,
+    finals: Callable[[list[crud.Written]], list[crud.Final]] | None = None,
 ) -> list[crud.Written]:
     """Run ``write`` (a statement that makes predictions final and returns them) with the write
     hooks and NOTIFY in its transaction, then the after-commit hooks (the sweeper ends
-    ``worker_lost`` ones through here too)."""
+    ``worker_lost`` ones through here too). ``finals``: the documents the NOTIFY carries."""
 
     def transaction() -> list[crud.Written]:
         with session_scope(sessions) as s:
             written = write(s)
             for hook in write_hooks:
                 hook(s, written)
-            crud.notify_done(session=s, ids=[w.id for w in written])
+            crud.notify_done(
+                session=s,
+                ids=[w.id for w in written],
+                finals=finals(written) if finals is not None and written else (),
+            )
         return written
 
     written = while_unavailable(transaction, budget_s=retry_s, what="results")

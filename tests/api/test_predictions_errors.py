@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -118,6 +119,23 @@ def test_non_finite_numbers_and_broken_json_are_422(api_only: Stack) -> None:
 def test_body_over_the_limit_is_413(api_only: Stack) -> None:
     big = {"model": "minilm-embed", "inputs": [{"text": "x" * 1500}] * 20}
     assert "over the limit" in error(post(api_only, big), 413, "payload_too_large")
+
+
+def test_a_streamed_body_over_the_limit_is_413_too(api_only: Stack) -> None:
+    """No Content-Length (chunked): the limit is counted while the body comes in."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "minilm-embed", "inputs": ['
+        for _ in range(30):
+            yield b'{"text": "' + b"x" * 1000 + b'"},'
+        yield b'{"text": "x"}]}'
+
+    with api_only.client(headers={"Authorization": "Bearer key-a"}) as c:
+        resp = c.post(
+            "/v1/predictions", content=chunks(), headers={"content-type": "application/json"}
+        )
+    assert "content-length" not in resp.request.headers
+    assert "over the limit" in error(resp, 413, "payload_too_large")
 
 
 def test_auth_and_tenancy(api_only: Stack) -> None:

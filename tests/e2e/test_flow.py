@@ -69,6 +69,22 @@ def test_submit_poll_and_webhook(
         assert done["status"] == "succeeded" and 0.0 <= done["output"]["probability"] <= 1.0
         assert now.headers["location"] == f"/v1/predictions/{done['id']}"
         assert c.get(now.headers["location"]).json() == done
+        # answered from the worker's NOTIFY (no read back): the same document as GET reads
+        vec_now = c.post(
+            "/v1/predictions",
+            json={
+                "model": "minilm-embed",
+                "input": {"text": "refund please"},
+                "metadata": {"ticket": 8, "tags": ["a\tb", "ü"]},
+                "ttl_s": 3600,
+                "priority": "low",
+            },
+            headers={"Prefer": "wait=30"},
+        )
+        assert vec_now.status_code == 200, vec_now.text
+        assert vec_now.headers["content-type"] == "application/json"
+        assert c.get(vec_now.headers["location"]).json() == vec_now.json()
+        assert vec_now.json()["metadata"] == {"ticket": 8, "tags": ["a\tb", "ü"]}
         many = c.post(
             "/v1/predictions",
             json={
