@@ -51,8 +51,9 @@ async def wait_final(
             remaining = end - loop.time()
             if remaining <= 0 and value is not None:
                 break
-            try:
-                await asyncio.wait_for(event.wait(), timeout=max(min(interval, remaining), 0.0))
+            try:  # (``asyncio.timeout``, not ``wait_for``: no task per wait)
+                async with asyncio.timeout(max(min(interval, remaining), 0.0)):
+                    await event.wait()
             except TimeoutError:
                 if not rt.hub.enabled:
                     interval = min(interval * 1.5, 0.5)

@@ -131,7 +131,10 @@ def get_context(celery: Celery) -> WorkerContext:
             settings: Settings = celery.conf.inferq_settings
             tracing.configure(settings.otel_exporter, service="inferq-worker")
             engine = make_engine(
-                settings, pool_size=settings.worker_concurrency + 8, async_commit=True
+                settings,
+                pool_size=settings.worker_concurrency + 8,
+                async_commit=True,
+                ping_idle_only=True,  # a claim or write on a dead connection is retried
             )
             clock.keep_synced(engine)  # leases and waits on the database's clock
             sessions = make_sessionmaker(engine)

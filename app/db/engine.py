@@ -42,8 +42,19 @@ def ensure_sqlite_folder(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool = False) -> Engine:
+def make_engine(
+    settings: Settings,
+    *,
+    pool_size: int = 10,
+    async_commit: bool = False,
+    ping_idle_only: bool = False,
+) -> Engine:
     """An engine for ``settings.database_url``; SQLite gets WAL and a busy timeout.
+
+    A pooled Postgres connection is tested (``SELECT 1``) before each use, so that one the
+    server ended (a restart, a failover, a proxy's) costs no request; ``ping_idle_only``
+    (workers, which retry a claim or a write that failed on a dead connection anyway) tests only
+    one that sat idle (``ping_when_idle``), sparing a round trip per claim and per write.
 
     ``async_commit`` (workers) turns off Postgres' wait for the WAL flush at commit. That is
     safe here: a claim or a result lost in a database crash leaves the row under a lease that
@@ -80,11 +91,12 @@ def make_engine(settings: Settings, *, pool_size: int = 10, async_commit: bool =
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_pre_ping=not ping_idle_only,
         pool_recycle=1800,
         connect_args=connect_args,
         **JSON_CODEC,
     )
-    ping_when_idle(engine)
+    ping_when_idle(engine, PING_IDLE_S if ping_idle_only else None)
     return engine
 
 
@@ -92,7 +104,7 @@ PING_IDLE_S = 1.0
 """A pooled connection idle longer than this is tested before it is handed out."""
 
 
-def ping_when_idle(engine: Engine, idle_s: float = PING_IDLE_S) -> None:
+def ping_when_idle(engine: Engine, idle_s: float | None = PING_IDLE_S) -> None:
     """SQLAlchemy's ``pool_pre_ping``, for connections that sat idle: a connection back in the
     pool within ``idle_s`` is handed out as it is, one idle longer answers a ``SELECT 1`` first
     (a dead one is replaced: ``DisconnectionError``). Under load a connection is reused within
@@ -100,7 +112,8 @@ def ping_when_idle(engine: Engine, idle_s: float = PING_IDLE_S) -> None:
     a worker's claims and writes); a database that restarted was away for longer than
     ``idle_s``, so what its restart killed is found before use, as with ``pool_pre_ping``. Also
     sets psycopg's JSON loader to orjson on each connection (the raw-SQL statements' ``jsonb``
-    columns: claimed inputs, returned metadata)."""
+    columns: claimed inputs, returned metadata); ``idle_s`` None: that alone (the engine pings
+    every checkout itself)."""
     from psycopg.types.json import set_json_loads
     from sqlalchemy.exc import DisconnectionError
 
@@ -108,6 +121,9 @@ def ping_when_idle(engine: Engine, idle_s: float = PING_IDLE_S) -> None:
     def _connected(dbapi_conn: Any, record: Any) -> None:
         set_json_loads(orjson.loads, dbapi_conn)
         record.info["inferq_idle_since"] = time.monotonic()
+
+    if idle_s is None:
+        return
 
     @event.listens_for(engine, "checkin")
     def _checked_in(dbapi_conn: Any, record: Any) -> None:

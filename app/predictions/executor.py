@@ -329,6 +329,76 @@ def _end_spans(spans: Sequence[tuple[tracing.Span, BatchItem]]) -> None:
         span.end()
 
 
+class _Waiting:
+    __slots__ = ("done", "error", "ids", "lead", "rows")
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = ids
+        self.rows: list[crud.Claimed] = []
+        self.error: BaseException | None = None
+        self.lead = False
+        """Woken to run the next claim (for itself and whoever waits), not with its rows."""
+        self.done = threading.Event()
+
+
+class ClaimGroup:
+    """The claims of messages a worker takes at the same time, in one statement (group commit).
+
+    A message's thread that finds no claim running runs one, for its ids; the messages that come
+    while it runs wait, and the first of them runs the next claim, for all of them. Under load a
+    worker takes several messages at once (a prefetch, each on a thread) and one ``UPDATE …
+    RETURNING`` claims them all; alone, a message is claimed at once as before. Each gets the
+    rows of its own ids (the first also what the claim pulled besides: queued ``high``
+    requests); a failed claim fails each of them (their messages are retried)."""
+
+    def __init__(self, claim: Callable[[list[str]], list[crud.Claimed]]) -> None:
+        self._claim = claim
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._running = False
+
+    def claim(self, ids: Sequence[str]) -> list[crud.Claimed]:
+        me = _Waiting(ids)
+        with self._lock:
+            self._waiting.append(me)
+            me.lead = not self._running
+            self._running = True
+        while True:
+            if me.lead:
+                me.lead = False
+                self._round()
+            me.done.wait()
+            if not me.lead:
+                break
+            me.done.clear()
+        if me.error is not None:
+            raise me.error
+        return me.rows
+
+    def _round(self) -> None:
+        with self._lock:
+            group, self._waiting = self._waiting, []
+        try:
+            rows = self._claim([i for w in group for i in w.ids])
+        except BaseException as exc:
+            for w in group:
+                w.error = exc
+        else:
+            by_id = {r.id: r for r in rows}
+            for w in group:
+                w.rows = [by_id.pop(i) for i in w.ids if i in by_id]
+            group[0].rows += by_id.values()  # pulled besides the messages' own ids
+        for w in group:
+            w.done.set()
+        with self._lock:  # the next claim is run by the first that came meanwhile
+            if self._waiting:
+                heir = self._waiting[0]
+                heir.lead = True
+                heir.done.set()
+            else:
+                self._running = False
+
+
 class VersionNotHere(Exception):
     """This host lacks the model version some claimed requests are pinned to; they were put
     back (queued, their claim undone) for a worker that has it."""
@@ -357,6 +427,7 @@ class ExecutorPool:
         self.after_commit = after_commit
         self._lock = threading.Lock()
         self._executors: dict[tuple[str, str], ModelExecutor] = {}
+        self._claim_groups: dict[str, ClaimGroup] = {}
 
     def get(self, name: str, version: str | None = None) -> ModelExecutor:
         """The executor of ``name`` (``version``, or the served one); a version this host does
@@ -388,9 +459,7 @@ class ExecutorPool:
         """Claim a message's runnable ids and run them, grouped by the version each was
         accepted for. Ids already finished, cancelled or held by another worker are skipped;
         those whose worker was lost run alone, one at a time (``run_lost``)."""
-        lease = timedelta(seconds=self.settings.lease_seconds)
-        with one_statement(self.sessions) as conn:  # one UPDATE: its own transaction
-            rows = crud.claim(session=conn, ids=ids, model=model, lease=lease)
+        rows = self._claims(model).claim(ids)
         by_version: dict[str, list[crud.Claimed]] = {}
         for r in rows:
             by_version.setdefault(r.model_version, []).append(r)
@@ -406,10 +475,24 @@ class ExecutorPool:
         if any(n for _, n in back):
             versions = ", ".join(v for v, n in back if n)
             raise VersionNotHere(model, versions, sum(n for _, n in back))
-        if len(rows) < len(ids):
-            claimed = {r.id for r in rows}
-            reports += self.run_lost(model, [i for i in ids if i not in claimed])
+        claimed = {r.id for r in rows}  # (a claim may bring more: queued ``high`` requests)
+        unclaimed = [i for i in ids if i not in claimed]
+        if unclaimed:
+            reports += self.run_lost(model, unclaimed)
         return reports
+
+    def _claims(self, model: str) -> ClaimGroup:
+        with self._lock:
+            group = self._claim_groups.get(model)
+            if group is None:
+                lease = timedelta(seconds=self.settings.lease_seconds)
+
+                def claim(ids: list[str]) -> list[crud.Claimed]:
+                    with one_statement(self.sessions) as conn:  # one UPDATE: its own transaction
+                        return crud.claim(session=conn, ids=ids, model=model, lease=lease)
+
+                group = self._claim_groups[model] = ClaimGroup(claim)
+            return group
 
     def _not_here(self, model: str, rows: Sequence[crud.Claimed], exc: UnknownModel) -> int:
         """Rows of a version this host lacks: put back for a worker that has it (this one too,
