@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
+from bench.accel_sim import K_MS, T0_MS, phase_accel_sim
+from bench.peers import PEERS, parse_names, phase_peers
 from bench.phases import T0, phase_inferq, phase_naive, phase_raw, phase_raw_again, say
 from bench.report import describe_machine, library_versions, write_report
 from bench.stack import DEFAULT_BROKER, StackConfig, resolve_database
 
 MODELS = ("minilm-embed", "churn-risk")
 SCENARIOS = ("raw", "naive", "online", "online-light", "bulk")
+OPTIONAL_SCENARIOS = ("accel-sim",)
+"""Run only when named in ``--scenarios`` (bench/accel_sim.py: a simulated device)."""
 PROVIDERS = {
     "auto": [],
     "cpu": ["CPUExecutionProvider"],
@@ -41,7 +45,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runner-threads", type=int, default=1, help="INFERQ_RUNNER_THREADS")
     p.add_argument("--intra-op-threads", type=int, default=1, help="INFERQ_INTRA_OP_THREADS")
     p.add_argument("--concurrency", type=int, default=32, help="inferq worker -c (thread pool)")
-    p.add_argument("--api-procs", type=int, default=1, help="API processes (uvicorn --workers)")
+    p.add_argument(
+        "--api-procs", type=int, default=1, help="API processes (the server's --workers)"
+    )
+    p.add_argument(
+        "--http-server", default="uvicorn", choices=["uvicorn", "granian"], help="the API's server"
+    )
     p.add_argument("--raw-procs", type=int, help="raw processes (default: --workers; 1 on cuda)")
     p.add_argument("--clients", type=int, default=64, help="concurrent clients in online")
     p.add_argument(
@@ -57,6 +66,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--light-rate", type=float, help="online-light arrivals/s (default 10%% of online)"
     )
     p.add_argument("--scale", type=float, default=1.0, help="multiply naive/online/bulk counts")
+    p.add_argument(
+        "--sim-t0-ms", type=float, default=T0_MS, help="accel-sim: fixed ms per device batch"
+    )
+    p.add_argument("--sim-k-ms", type=float, default=K_MS, help="accel-sim: ms per batch item")
+    p.add_argument("--sim-clients", type=int, default=256, help="accel-sim: closed-loop clients")
+    p.add_argument(
+        "--peers",
+        nargs="?",
+        const="all",
+        metavar="NAMES",
+        help=f"then the peers ({','.join(PEERS)}, default all) on the same clients: bench/peers.py",
+    )
     p.add_argument("--log-level", default="INFO", help="of API and workers (INFO as the CLI)")
     p.add_argument("--no-beat", action="store_true", help="do not start celery beat")
     p.add_argument(
@@ -78,9 +99,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if not eq or name.lower() not in Settings.model_fields:
             p.error(f"--set takes NAME=VALUE with NAME an inferq setting, got {item!r}")
         args.overrides[name.lower()] = value
-    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS) - set(OPTIONAL_SCENARIOS)
     if unknown:
-        p.error(f"unknown scenarios {sorted(unknown)}; choose from {list(SCENARIOS)}")
+        choices = [*SCENARIOS, *OPTIONAL_SCENARIOS]
+        p.error(f"unknown scenarios {sorted(unknown)}; choose from {choices}")
+    try:
+        args.peers = parse_names(args.peers)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 
@@ -128,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         intra_op_threads=args.intra_op_threads,
         concurrency=args.concurrency,
         api_procs=args.api_procs,
+        http_server=args.http_server,
         providers=PROVIDERS[args.provider],
         beat=not args.no_beat,
         log_level=args.log_level,
@@ -142,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         provider=args.provider,
         database_url=db_url.split("@")[-1],
         scale=args.scale,
+        peers=args.peers,
     )
     meta: dict[str, Any] = {
         "stamp": args.stamp,
@@ -160,8 +188,12 @@ def main(argv: list[str] | None = None) -> None:
         phase_naive(cfg, args, res)
     if scen & {"online", "online-light", "bulk"}:
         phase_inferq(cfg, args, res, own_db, meta)
-        if "raw" in scen:
-            phase_raw_again(cfg, args, res)
+    if "accel-sim" in scen:  # its own stack, after inferq's (churn-risk online: its CPU cap)
+        phase_accel_sim(cfg, args, res, own_db, meta)
+    if args.peers:  # each peer alone, after inferq's stack is down (bench/peers.py)
+        phase_peers(cfg, args, res)
+    if "raw" in scen and scen & {"online", "online-light", "bulk", "accel-sim"}:
+        phase_raw_again(cfg, args, res)
     meta["seconds"] = round(time.monotonic() - T0, 1)
     json_path, md_path, text = write_report({"meta": meta, "models": res}, args.out)
     print("\n" + text, flush=True)

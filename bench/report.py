@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import accel_sim, peers
 from bench.phases import SETTLE_QUIET
 
 PACKAGES = (
@@ -286,6 +287,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if idle:
         lines.append(f"CPU the idle stack uses (ms per second): {idle}.")
     lines.append("")
+    lines += accel_sim.markdown(doc["models"])  # the "simulated device" section, if it ran
+    lines += peers.markdown(doc["models"])  # "inferq beside the peers", with --peers
     lines += _cpu_table(doc["models"])
     lines += _profiles(doc["models"])
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import asyncio
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,6 +102,20 @@ async def _predict(
             return Sample(t0, done, doc["status"], doc.get("batch_size"), *_stamps(doc))
 
 
+Request = Callable[[JsonClient, dict[str, Any]], Coroutine[Any, Any, Sample]]
+"""One input sent and its result awaited: inferq's ``_predict`` by default; ``bench/peers.py``
+passes its own, so peers are driven by these very loops."""
+
+
+def inferq_request(model: str, *, prefer_wait: bool = True) -> Request:
+    """inferq's request: ``POST /v1/predictions`` (see ``_predict``)."""
+
+    async def request(client: JsonClient, item: dict[str, Any]) -> Sample:
+        return await _predict(client, model, item, prefer_wait=prefer_wait)
+
+    return request
+
+
 def _latency_figures(samples: list[Sample]) -> dict[str, Any]:
     lat = [s.latency_ms for s in samples]
     batches = [s.batch_size for s in samples if s.batch_size]
@@ -127,11 +141,10 @@ def _latency_figures(samples: list[Sample]) -> dict[str, Any]:
 
 async def _closed_loop(
     base_url: str,
-    model: str,
+    request: Request,
     inputs: list[dict[str, Any]],
     clients: int,
     http: str,
-    prefer_wait: bool,
 ) -> tuple[list[Sample], float]:
     todo = iter(inputs)
     samples: list[Sample] = []
@@ -139,7 +152,7 @@ async def _closed_loop(
 
     async def worker() -> None:
         for item in todo:
-            samples.append(await _predict(client, model, item, prefer_wait=prefer_wait))
+            samples.append(await request(client, item))
 
     t0 = time.perf_counter()
     try:
@@ -159,11 +172,12 @@ def online(
     http: str = "mini",
     prefer_wait: bool = True,
     during: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    request: Request | None = None,
 ) -> dict[str, Any]:
-    """``online``: items/s from the first POST to the last stored result, latencies, batch."""
-    loop = partial(
-        _closed_loop, base_url, model, clients=clients, http=http, prefer_wait=prefer_wait
-    )
+    """``online``: items/s from the first POST to the last stored result, latencies, batch.
+    ``request``: what each client sends (default: inferq's, ``inferq_request``)."""
+    send = request or inferq_request(model, prefer_wait=prefer_wait)
+    loop = partial(_closed_loop, base_url, send, clients=clients, http=http)
     if warmup:
         asyncio.run(loop(inputs[:warmup]))
     with during():
@@ -179,12 +193,11 @@ def online(
 
 async def _open_loop(
     base_url: str,
-    model: str,
+    request: Request,
     inputs: list[dict[str, Any]],
     rate: float,
     seed: int,
     http: str,
-    prefer_wait: bool,
 ) -> list[Sample]:
     rng = random.Random(seed)
     client = make_client(http, base_url, 256)
@@ -196,9 +209,7 @@ async def _open_loop(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(
-                asyncio.create_task(_predict(client, model, item, prefer_wait=prefer_wait))
-            )
+            tasks.append(asyncio.create_task(request(client, item)))
         return list(await asyncio.gather(*tasks))
     finally:
         await client.aclose()
@@ -214,9 +225,12 @@ def online_light(
     http: str = "mini",
     prefer_wait: bool = True,
     seed: int = 7,
+    request: Request | None = None,
 ) -> dict[str, Any]:
-    """``online-light``: Poisson arrivals at ``rate``/s; latency minus the model's own time."""
-    samples = asyncio.run(_open_loop(base_url, model, inputs, rate, seed, http, prefer_wait))
+    """``online-light``: Poisson arrivals at ``rate``/s; latency minus the model's own time.
+    ``request``: as in ``online``."""
+    send = request or inferq_request(model, prefer_wait=prefer_wait)
+    samples = asyncio.run(_open_loop(base_url, send, inputs, rate, seed, http))
     figures = _latency_figures(samples)
     span = max(s.started for s in samples) - min(s.started for s in samples)
     return {

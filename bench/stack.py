@@ -174,7 +174,9 @@ class StackConfig:
     intra_op_threads: int = 1
     concurrency: int = 32
     api_procs: int = 1
-    """uvicorn worker processes of the API."""
+    """HTTP server worker processes of the API."""
+    http_server: str = "uvicorn"
+    """``uvicorn`` or ``granian`` (``inferq api --server``)."""
     providers: list[str] = field(default_factory=list)
     beat: bool = True
     log_level: str = "INFO"
@@ -183,6 +185,9 @@ class StackConfig:
     """Further inferq settings for the API and workers (``job_chunk_lines`` becomes
     INFERQ_JOB_CHUNK_LINES): the stack does not inherit the caller's ``INFERQ_*`` variables, so an
     A/B says what it sets."""
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Environment variables for the worker processes only (not the API), taken as they are:
+    ``accel-sim`` sets INFERQ_BENCH_SIMULATED_DEVICE here."""
     prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="inferq-bench-")))
 
@@ -225,24 +230,15 @@ class Stack:
                 concurrency=self.cfg.concurrency,
                 log_level=self.cfg.log_level,
             )
-            self.workers.append(Proc(argv, self.env, self.cfg.log_dir / f"worker{i}.log", "worker"))
+            env = {**self.env, **self.cfg.worker_env}
+            self.workers.append(Proc(argv, env, self.cfg.log_dir / f"worker{i}.log", "worker"))
 
     def _start_api(self) -> None:
+        from app.cli.processes import api_argv
+
         port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(self.cfg.api_procs),
-            "--no-access-log",
-        ]
+        argv = api_argv("127.0.0.1", port, self.cfg.api_procs, server=self.cfg.http_server)
+        argv[0] = str(Path(sys.executable).parent / Path(argv[0]).name)
         self.api = Proc(argv, self.env, self.cfg.log_dir / "api.log", "api")
         self.base_url = f"http://127.0.0.1:{port}"
         end = time.monotonic() + 60

@@ -20,6 +20,7 @@ from app.registry import ModelEntry
 # tokenises one small message after another, that spinning takes the cores ONNX Runtime needs.
 # Messages are small and many run at once, so one thread each is the better deal.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from app.runtime import simulated
 from app.runtime.session import build_session
 
 
@@ -125,6 +126,8 @@ def load_adapter(
     """Verify the model file against its sha256, build its session and adapter."""
     entry.verify()
     session = build_session(entry.onnx_path, intra_op_threads=intra_op_threads, providers=providers)
+    # benchmark only (INFERQ_BENCH_SIMULATED_DEVICE): a simulated accelerator in its place
+    session = simulated.wrap_if_enabled(session, entry.manifest.name)
     if entry.manifest.kind == "tabular":
         return TabularAdapter(entry, session)
     return TextAdapter(entry, session)
