@@ -268,3 +268,20 @@ def test_openapi_documents_the_one_submit_handler(api_only: Stack) -> None:
     schema = doc["components"]["schemas"]["PredictionCreate"]
     assert {"model", "input", "inputs", "callback_url", "priority"} <= set(schema["properties"])
     assert {p["name"] for p in op["parameters"]} == {"Idempotency-Key", "Prefer"}
+
+
+def test_the_direct_route_keeps_the_middlewares_metrics_and_trace(api_only: Stack) -> None:
+    """``POST /v1/predictions`` is served past FastAPI (``api/fastpath.py``) and still carries
+    a ``traceparent``, lands in the latency histogram under its route, and answers errors and
+    other methods as every route does."""
+    ok = post(api_only, TEXT)
+    bad = post(api_only, {"model": "minilm-embed", "input": {"text": ""}})
+    assert ok.status_code == 202 and bad.status_code == 422
+    for resp in (ok, bad):
+        assert resp.headers["traceparent"].startswith("00-")
+    with api_only.client(headers={"Authorization": "Bearer key-a"}) as c:
+        error(c.put("/v1/predictions", json=TEXT), 405, "method_not_allowed")
+        metrics = c.get("/metrics").text
+    for status in ("202", "422"):
+        line = f'inferq_http_request_seconds_count{{method="POST",route="/v1/predictions",status="{status}"}}'
+        assert line in metrics, status
