@@ -16,10 +16,13 @@ Running twice, or in two processes at once, is harmless: every write is conditio
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import metrics
@@ -57,6 +60,63 @@ def sweep_predictions(
     lost_before: datetime | None = None,
 ) -> SweepReport:
     """End poison inputs, then publish again what may have lost its message (see the module).
+
+    One sweep at a time, across every worker thread and host (a Postgres advisory lock): two at
+    once (a sweeper with two threads, a sweep that ran long) would split or repeat one backlog's
+    publish. A regular sweep that finds another running leaves the work to it; a recovery
+    (``lost_before``) waits for its turn."""
+    with sweep_turn(sessions, wait=lost_before is not None) as mine:
+        if not mine:
+            return SweepReport(0)
+        return _sweep(
+            sessions=sessions,
+            publisher=publisher,
+            settings=settings,
+            write_hooks=write_hooks,
+            after_commit=after_commit,
+            lost_before=lost_before,
+        )
+
+
+SWEEP_LOCK = 0x696E6671  # "infq"
+"""The advisory lock key of ``sweep_predictions``."""
+_local_turn = threading.Lock()
+
+
+@contextmanager
+def sweep_turn(sessions: sessionmaker[Session], *, wait: bool) -> Iterator[bool]:
+    """Whether this sweep may run (held until the block ends): a Postgres session-level
+    advisory lock on a connection of its own (autocommit: no transaction held open), a
+    process-wide lock elsewhere (SQLite: one host)."""
+    bind = sessions.kw.get("bind")
+    if bind is None or bind.dialect.name != "postgresql":
+        got = _local_turn.acquire(blocking=wait)
+        try:
+            yield got
+        finally:
+            if got:
+                _local_turn.release()
+        return
+    with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+        got = conn.execute(text(f"SELECT {fn}(:k)"), {"k": SWEEP_LOCK}).scalar() is not False
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SWEEP_LOCK})
+
+
+def _sweep(
+    *,
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    settings: Settings,
+    write_hooks: Sequence[WriteHook] = (),
+    after_commit: Sequence[AfterCommit] = (),
+    lost_before: datetime | None = None,
+) -> SweepReport:
+    """End poison inputs, then publish again what may have lost its message (see the module).
     ``write_hooks`` and ``after_commit`` are the workers' (webhooks, integrations).
 
     ``lost_before``: the broker lost every message it held (it restarted without keeping them:
@@ -76,8 +136,8 @@ def sweep_predictions(
     else:
         chosen = [row.id for row in stale]
     with session_scope(sessions) as s:
-        taken = sweeps.take_for_publish(
-            session=s, ids=chosen, now=now, requeue_before=requeue_before
+        taken = sweeps.take_for_publish(  # stamped when taken, not when the sweep began
+            session=s, ids=chosen, now=utcnow(), requeue_before=requeue_before
         )
     _publish(sessions, publisher, taken)
     metrics.swept(stale, taken)

@@ -205,3 +205,40 @@ def test_rows_of_a_lost_worker_run_alone_and_only_until_max_attempts(
     assert all(rows[i].attempts == 2 for i in again)
     assert (rows[spent[0]].status, rows[spent[0]].attempts) == ("running", 3)  # the sweeper's
     assert (rows[held[0]].status, rows[held[0]].attempts) == ("running", 1)
+
+
+def test_one_sweep_at_a_time_a_second_leaves_the_work_and_a_recovery_waits(
+    pg_sessions: sessionmaker[Session],
+) -> None:
+    """Two sweeps at once (a sweeper's two threads, one that ran long) split or repeat the
+    publish of one backlog: a regular sweep that finds one running does nothing, a recovery
+    (``lost_before``) waits for its turn."""
+    from app.predictions.sweeper import sweep_turn
+
+    holding, release, waited = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        with sweep_turn(pg_sessions, wait=False) as mine:
+            assert mine
+            holding.set()
+            release.wait(10)
+
+    def recovery() -> None:
+        with sweep_turn(pg_sessions, wait=True) as mine:
+            waited.append(mine and release.is_set())
+
+    first = threading.Thread(target=hold)
+    first.start()
+    assert holding.wait(10)
+    with sweep_turn(pg_sessions, wait=False) as mine:
+        assert not mine  # another sweep is running: this one leaves the work to it
+    second = threading.Thread(target=recovery)
+    second.start()
+    second.join(0.5)
+    assert second.is_alive() and not waited  # the recovery waits ...
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert waited == [True]  # ... and runs once the first is done
+    with sweep_turn(pg_sessions, wait=False) as mine:
+        assert mine  # and the turn is free again
