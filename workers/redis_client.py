@@ -39,4 +39,3 @@ def install() -> None:
 
     conn_or_acquire._inferq_cached = True  # type: ignore[attr-defined]
     channel.conn_or_acquire = conn_or_acquire
-
