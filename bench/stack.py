@@ -238,7 +238,6 @@ class Stack:
 
         port = free_port()
         argv = api_argv("127.0.0.1", port, self.cfg.api_procs, server=self.cfg.http_server)
-        argv[0] = str(Path(sys.executable).parent / Path(argv[0]).name)
         self.api = Proc(argv, self.env, self.cfg.log_dir / "api.log", "api")
         self.base_url = f"http://127.0.0.1:{port}"
         end = time.monotonic() + 60

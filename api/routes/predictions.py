@@ -21,6 +21,7 @@ from api.schemas import PredictionCreate
 from app import retention
 from app.db.engine import one_statement
 from app.db.models import Prediction, Status
+from app.db.predictions import PUBLIC_COLUMNS
 from app.errors import InvalidInput
 from app.predictions import service
 from app.predictions.views import iso, prediction_public
@@ -181,26 +182,7 @@ async def submit(rt: Runtime, sub: service.Submission) -> list[Prediction] | Non
 # What a read needs: the public fields and the tenant. Plain rows, not ORM objects: a long-poll
 # read is the API's hottest query.
 READ_COLUMNS = [
-    getattr(Prediction, name).label(name)
-    for name in (
-        "id",
-        "tenant",
-        "status",
-        "model",
-        "model_version",
-        "created_at",
-        "output",
-        "error_code",
-        "error_message",
-        "started_at",
-        "completed_at",
-        "batch_size",
-        "priority",
-        "metadata_",
-        "job_id",
-        "custom_id",
-        "expires_at",
-    )
+    getattr(Prediction, name).label(name) for name in ("id", "tenant", "output", *PUBLIC_COLUMNS)
 ]
 
 
